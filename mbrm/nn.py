@@ -1,0 +1,226 @@
+"""Batched ensemble building blocks shared by every learner in mbrm.
+
+An ensemble of E independent MLPs is stored as stacked weights ``[E, in, out]``
+so that one ``baddbmm`` evaluates all members at once (Chua et al. 2018, PETS,
+Sec. 4.1: "probabilistic ensembles"). The world model, the reward ensemble and
+the side-constraint classifier are all built from :class:`EnsembleMLP`.
+
+Inputs are laid out member-major: ``x [E, B, in] -> y [E, B, out]``. Giving each
+member its own rows (rather than broadcasting one batch to all) is what lets
+trajectory sampling send each particle through a different member in the same
+call, and what makes bootstrapped training one batched step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map a config string (``float32`` / ``bfloat16``) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class EnsembleLinear(nn.Module):
+    """E independent affine maps evaluated with one batched matmul.
+
+    weight: [E, in, out], bias: [E, 1, out]. Each member is initialised like
+    ``nn.Linear`` (Kaiming-uniform with fan-in ``in``), independently.
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int,
+        in_features: int,
+        out_features: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if ensemble_size < 1 or in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"EnsembleLinear needs positive sizes, got E={ensemble_size}, "
+                f"in={in_features}, out={out_features}"
+            )
+        self.ensemble_size = ensemble_size
+        self.in_features = in_features
+        self.out_features = out_features
+        bound = 1.0 / math.sqrt(in_features)
+        w = torch.empty(ensemble_size, in_features, out_features)
+        b = torch.empty(ensemble_size, 1, out_features)
+        w.uniform_(-bound, bound, generator=generator)
+        b.uniform_(-bound, bound, generator=generator)
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [E, B, in] -> [E, B, out]."""
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"E={self.ensemble_size}, in={self.in_features}, out={self.out_features}"
+
+
+class EnsembleMLP(nn.Module):
+    """E independent MLPs ``in -> hidden x layers -> out`` as stacked weights.
+
+    ``layers`` counts hidden layers. The forward pass casts its input to the
+    parameters' dtype, so a bfloat16 copy (see :func:`inference_copy`) can be
+    fed float32 inputs.
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden: int = 200,
+        layers: int = 4,
+        activation: str = "silu",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+            )
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
+        widths = [in_features] + [hidden] * layers + [out_features]
+        self.ensemble_size = ensemble_size
+        self.in_features = in_features
+        self.out_features = out_features
+        self.linears = nn.ModuleList(
+            EnsembleLinear(ensemble_size, a, b, generator=generator)
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [E, B, in] -> [E, B, out]."""
+        if x.dim() != 3 or x.shape[0] != self.ensemble_size or x.shape[2] != self.in_features:
+            raise ValueError(
+                f"expected input [E={self.ensemble_size}, B, in={self.in_features}], "
+                f"got {tuple(x.shape)}"
+            )
+        h = x.to(self.linears[0].weight.dtype)
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i < len(self.linears) - 1:
+                h = self.act(h)
+        return h
+
+    def select(self, members: list[int] | torch.Tensor) -> EnsembleMLP:
+        """A detached copy holding only the given members (e.g. the elites)."""
+        idx = torch.as_tensor(members, dtype=torch.long)
+        out = copy.deepcopy(self)
+        out.ensemble_size = len(idx)
+        for lin in out.linears:
+            lin.ensemble_size = len(idx)
+            lin.weight = nn.Parameter(lin.weight.detach()[idx].clone(), requires_grad=False)
+            lin.bias = nn.Parameter(lin.bias.detach()[idx].clone(), requires_grad=False)
+        return out
+
+
+def inference_copy(module: nn.Module, dtype: str | torch.dtype) -> nn.Module:
+    """A frozen copy of ``module`` in ``dtype`` for planning-time inference.
+
+    Buffers that hold statistics (normalisers) stay in float32: only parameters
+    of the networks are cast, so inputs are normalised at full precision.
+    """
+    dt = resolve_dtype(dtype)
+    out = copy.deepcopy(module).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    for m in out.modules():
+        if isinstance(m, EnsembleLinear):
+            m.weight.data = m.weight.data.to(dt)
+            m.bias.data = m.bias.data.to(dt)
+    return out
+
+
+class Normalizer(nn.Module):
+    """Per-dimension standardisation with statistics stored as buffers.
+
+    ``fit`` sets mean and std from data; dimensions with (near) zero spread get
+    std 1 so constant inputs (e.g. a fixed target position) stay finite.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        if not torch.isfinite(x).all():
+            raise ValueError("Normalizer.fit got non-finite data")
+        self.mean.copy_(x.mean(0))
+        std = x.std(0, unbiased=False)
+        self.std.copy_(torch.where(std < self.eps, torch.ones_like(std), std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
+def bootstrap_indices(n: int, ensemble_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices [E, n]: an independent resample with replacement for each member.
+
+    Bootstrapping gives the members different data so their disagreement
+    estimates epistemic uncertainty (Lakshminarayanan et al. 2017; PETS Sec. 4.1).
+    """
+    if n < 1:
+        raise ValueError("cannot bootstrap an empty data set")
+    return torch.randint(0, n, (ensemble_size, n), generator=generator)
+
+
+def minibatches(
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Shuffle each member's row of ``indices [E, n]`` and cut it into ``[E, b]`` batches."""
+    E, n = indices.shape
+    perm = torch.argsort(torch.rand(E, n, generator=generator), dim=1)
+    shuffled = torch.gather(indices, 1, perm)
+    return list(torch.split(shuffled, batch_size, dim=1))
+
+
+def make_generator(seed: int | torch.Generator) -> torch.Generator:
+    """A CPU torch generator from a seed (or the generator itself)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def numpy_rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """A numpy generator from a seed (or the generator itself)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(int(seed))
