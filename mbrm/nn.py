@@ -14,6 +14,7 @@ call, and what makes bootstrapped training one batched step.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable
 
@@ -113,7 +114,7 @@ class EnsembleMLP(nn.Module):
         self.out_features = out_features
         self.linears = nn.ModuleList(
             EnsembleLinear(ensemble_size, a, b, generator=generator)
-            for a, b in zip(widths[:-1], widths[1:], strict=True)
+            for a, b in itertools.pairwise(widths)
         )
         self.act = ACTIVATIONS[activation]()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import gymnasium.envs.mujoco as gym_mujoco
 import mujoco
 import numpy as np
 
@@ -157,7 +158,7 @@ def _hopper_unacceptable(s):
 
 def _reacher_keepout_xml() -> str:
     """gymnasium's reacher.xml plus a visual-only keep-out disc (no mass, no contacts)."""
-    src = Path(gym.envs.mujoco.__file__).parent / "assets" / "reacher.xml"
+    src = Path(gym_mujoco.__file__).parent / "assets" / "reacher.xml"
     text = src.read_text()
     cx, cy = KEEPOUT_CENTER
     disc = (
@@ -169,7 +170,9 @@ def _reacher_keepout_xml() -> str:
         raise RuntimeError(f"unexpected reacher.xml layout in {src}")
     text = text.replace("<!-- Arm -->", disc, 1)
     digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    out = Path(tempfile.gettempdir()) / f"mbrm-assets-{os.getuid()}" / f"reacher_keepout_{digest}.xml"
+    out = (
+        Path(tempfile.gettempdir()) / f"mbrm-assets-{os.getuid()}" / f"reacher_keepout_{digest}.xml"
+    )
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -293,12 +296,17 @@ class Task:
         qpos_names, qvel_names = [""] * m.nq, [""] * m.nv
         for j in range(m.njnt):
             name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j)
-            if int(m.jnt_type[j]) not in (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)):
+            if int(m.jnt_type[j]) not in (
+                int(mujoco.mjtJoint.mjJNT_HINGE),
+                int(mujoco.mjtJoint.mjJNT_SLIDE),
+            ):
                 raise NotImplementedError(f"{self.name}: joint {name} is not a hinge or slide")
             qpos_names[m.jnt_qposadr[j]] = f"qpos.{name}"
             qvel_names[m.jnt_dofadr[j]] = f"qvel.{name}"
         names = tuple(qpos_names + qvel_names)
-        layout = StateLayout(names, m.nq, m.nv, (), float(m.opt.timestep * self.__dict__["_frame_skip"]))
+        layout = StateLayout(
+            names, m.nq, m.nv, (), float(m.opt.timestep * self.__dict__["_frame_skip"])
+        )
         excluded = tuple(layout.index(n) for n in self.excluded_inputs)
         return StateLayout(names, m.nq, m.nv, excluded, layout.dt)
 
@@ -343,7 +351,9 @@ class Task:
         if states.ndim == 1:
             states = states[None]
         if states.ndim != 2 or states.shape[1] != self.state_dim:
-            raise ValueError(f"{self.name}: render expects states [T, {self.state_dim}], got {states.shape}")
+            raise ValueError(
+                f"{self.name}: render expects states [T, {self.state_dim}], got {states.shape}"
+            )
         if not np.isfinite(states).all():
             raise ValueError(f"{self.name}: cannot render non-finite states")
         env = self._render_env(width, height)

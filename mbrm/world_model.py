@@ -1,0 +1,332 @@
+"""Probabilistic ensemble world model with trajectory sampling (PETS).
+
+Follows Chua et al. 2018, "Deep Reinforcement Learning in a Handful of Trials
+using Probabilistic Dynamics Models":
+
+* Sec. 4.1 -- each member outputs a Gaussian over the state *delta*
+  ``s' - s`` with a learned log-variance kept inside soft bounds; members are
+  trained on bootstrap resamples with the Gaussian negative log-likelihood;
+* Sec. 5 -- imagined rollouts propagate particles with trajectory sampling:
+  TS1 (a fresh random member per particle per step), TS-infinity (a fixed member
+  per particle) or the ensemble expectation.
+
+Positions that do not change the dynamics (a root x position) are not network
+inputs (``input_mask``); their deltas are still predicted, so the model
+generalises to places the agent has not been.
+
+Training holds out part of the data, stops early when no member improves its
+held-out error, restores each member's best weights, and keeps the members with
+the lowest held-out error as elites; only elites are used for imagination.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mbrm.nn import (
+    EnsembleMLP,
+    Normalizer,
+    bootstrap_indices,
+    inference_copy,
+    make_generator,
+    minibatches,
+    resolve_dtype,
+)
+
+PROPAGATIONS = ("ts1", "tsinf", "expectation")
+
+
+@dataclass
+class WorldModelFitReport:
+    """What a call to :meth:`WorldModel.fit` did and measured."""
+
+    epochs: int
+    train_nll: list[float] = field(default_factory=list)  # per epoch, mean over members
+    holdout_mse: list[float] = field(default_factory=list)  # per epoch, elites, normalised delta
+    best_holdout_mse: list[float] = field(default_factory=list)  # per member, normalised
+    elites: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class WorldModel(nn.Module):
+    """PETS probabilistic ensemble ``p(s' - s | s, a)``. See the module docstring."""
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        *,
+        input_mask: np.ndarray | None = None,
+        ensemble_size: int = 7,
+        elites: int = 5,
+        hidden: int = 200,
+        layers: int = 4,
+        activation: str = "silu",
+        lr: float = 1e-3,
+        weight_decay: float = 5e-5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 1 <= elites <= ensemble_size:
+            raise ValueError(f"need 1 <= elites <= ensemble_size, got {elites} and {ensemble_size}")
+        mask = np.ones(state_dim, bool) if input_mask is None else np.asarray(input_mask, bool)
+        if mask.shape != (state_dim,):
+            raise ValueError(f"input_mask must have shape ({state_dim},), got {mask.shape}")
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.ensemble_size = ensemble_size
+        self.num_elites = elites
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.register_buffer("input_idx", torch.as_tensor(np.flatnonzero(mask), dtype=torch.long))
+        in_dim = int(mask.sum()) + action_dim
+        g = make_generator(seed)
+        self.net = EnsembleMLP(
+            ensemble_size,
+            in_dim,
+            2 * state_dim,
+            hidden=hidden,
+            layers=layers,
+            activation=activation,
+            generator=g,
+        )
+        # Soft log-variance bounds (PETS appendix A.1), in normalised-target units.
+        self.max_logvar = nn.Parameter(torch.full((state_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((state_dim,), -10.0))
+        self.input_norm = Normalizer(in_dim)
+        self.target_norm = Normalizer(state_dim)
+        self.register_buffer("elite_idx", torch.arange(elites, dtype=torch.long))
+        self._infer_cache: dict[torch.dtype, EnsembleMLP] = {}
+
+    # ------------------------------------------------------------------ network pieces
+
+    def _inputs(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Normalised network input [..., in] from states [..., S] and actions [..., A]."""
+        x = torch.cat([states.index_select(-1, self.input_idx), actions], dim=-1)
+        return self.input_norm(x)
+
+    def _gaussian(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split [..., 2S] into mean and soft-bounded log-variance (normalised units)."""
+        mean, logvar = raw.float().chunk(2, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised inputs [E, B, in] -> normalised delta mean, logvar [E, B, S]."""
+        return self._gaussian(self.net(x))
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        states: np.ndarray,
+        actions: np.ndarray,
+        next_states: np.ndarray,
+        *,
+        generator: torch.Generator,
+        max_epochs: int = 100,
+        batch_size: int = 256,
+        holdout_ratio: float = 0.1,
+        max_holdout: int = 5000,
+        patience: int = 5,
+        progress: bool = False,
+    ) -> WorldModelFitReport:
+        """Fit on transitions (s, a, s') with Gaussian NLL, bootstrap and early stopping.
+
+        Normalisers are refit on the data each call; weights continue from their
+        current values (warm start), as in PETS' iterative refitting.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        s, a, s2 = (
+            torch.as_tensor(np.asarray(x), dtype=torch.float32)
+            for x in (states, actions, next_states)
+        )
+        n = s.shape[0]
+        if s.shape != s2.shape or s.shape[1] != self.state_dim or a.shape != (n, self.action_dim):
+            raise ValueError(
+                f"fit expects states [n, {self.state_dim}], actions [n, {self.action_dim}], "
+                f"next_states [n, {self.state_dim}]; got {tuple(s.shape)}, {tuple(a.shape)}, "
+                f"{tuple(s2.shape)}"
+            )
+        if n < 10:
+            raise ValueError(f"need at least 10 transitions to fit the world model, got {n}")
+        for name, t in (("states", s), ("actions", a), ("next_states", s2)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"fit got non-finite {name}")
+        raw_in = torch.cat([s.index_select(-1, self.input_idx), a], dim=-1)
+        delta = s2 - s
+
+        perm = torch.randperm(n, generator=generator)
+        n_hold = min(max(int(n * holdout_ratio), 1), max_holdout)
+        hold, train = perm[:n_hold], perm[n_hold:]
+        self.input_norm.fit(raw_in[train])
+        self.target_norm.fit(delta[train])
+        x_all, y_all = self.input_norm(raw_in), self.target_norm(delta)
+        x_hold, y_hold = x_all[hold], y_all[hold]
+
+        boot = train[bootstrap_indices(len(train), self.ensemble_size, generator)]  # [E, n_train]
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        best = torch.full((self.ensemble_size,), math.inf)
+        best_state = copy.deepcopy(self.state_dict())
+        report = WorldModelFitReport(epochs=0)
+        stale = 0
+        bar = tqdm(range(max_epochs), desc="world model", disable=not progress, leave=False)
+        for _epoch in bar:
+            self.train()
+            losses = []
+            for idx in minibatches(boot, batch_size, generator):
+                mean, logvar = self(x_all[idx])  # [E, b, S]
+                inv_var = torch.exp(-logvar)
+                nll = (((mean - y_all[idx]) ** 2) * inv_var + logvar).mean()
+                loss = nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(nll.item())
+            mse = self._holdout_mse(x_hold, y_hold)  # [E]
+            improved = mse < best * (1 - 1e-3)  # relative improvement; best starts at inf
+            if improved.any():
+                sd = self.state_dict()
+                for k, v in sd.items():
+                    if k.startswith("net.") and v.dim() >= 1 and v.shape[0] == self.ensemble_size:
+                        best_state[k][improved] = v[improved].clone()
+                    elif not k.startswith("net."):
+                        best_state[k] = v.clone()
+                best = torch.where(improved, mse, best)
+                stale = 0
+            else:
+                stale += 1
+            report.epochs += 1
+            report.train_nll.append(float(np.mean(losses)))
+            report.holdout_mse.append(float(mse.sort().values[: self.num_elites].mean()))
+            bar.set_postfix(nll=f"{report.train_nll[-1]:.3f}", mse=f"{report.holdout_mse[-1]:.4f}")
+            if stale >= patience:
+                break
+        self.load_state_dict(best_state)
+        self.elite_idx.copy_(torch.argsort(best)[: self.num_elites])
+        self._infer_cache.clear()
+        self.eval()
+        report.best_holdout_mse = best.tolist()
+        report.elites = self.elite_idx.tolist()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    @torch.no_grad()
+    def _holdout_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        mean, _ = self(x.unsqueeze(0).expand(self.ensemble_size, -1, -1))
+        return ((mean - y) ** 2).mean(dim=(1, 2))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._infer_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def one_step_error(
+        self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray
+    ) -> dict:
+        """Held-out one-step MSE of the elite-mean prediction vs. predicting 'no change'."""
+        s, a, s2 = (
+            torch.as_tensor(np.asarray(x), dtype=torch.float32)
+            for x in (states, actions, next_states)
+        )
+        pred = self.mean_next_state(s, a)
+        scale = self.target_norm.std  # per-dimension delta scale, so no dimension dominates
+        mse = (((pred - s2) / scale) ** 2).mean().item()
+        base = (((s - s2) / scale) ** 2).mean().item()
+        return {"mse": mse, "no_change_mse": base, "ratio": base / max(mse, 1e-12)}
+
+    def mean_next_state(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """[B, S], [B, A] -> [B, S]: mean over elites; differentiable w.r.t. the inputs."""
+        x = self._inputs(states.float(), actions.float())
+        mean, _ = self(x.unsqueeze(0).expand(self.ensemble_size, -1, -1))
+        return states.float() + self.target_norm.inverse(mean[self.elite_idx].mean(0))
+
+    def _elite_net(self, dtype: str | torch.dtype) -> nn.Module:
+        """The elite members as one network, frozen and cast for inference (cached)."""
+        key = resolve_dtype(dtype)
+        if key not in self._infer_cache:
+            self._infer_cache[key] = inference_copy(self.net.select(self.elite_idx.tolist()), key)
+        return self._infer_cache[key]
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        *,
+        particles: int,
+        generator: torch.Generator,
+        propagation: str = "ts1",
+        dtype: str = "float32",
+    ) -> torch.Tensor:
+        """Imagine ``particles`` futures of each action sequence (PETS Sec. 5).
+
+        state: [S] or [N, S]; actions: [N, H, A]. Returns states [N, P, H+1, S]
+        (float32) with ``states[:, :, 0]`` the start state. Every step is one
+        batched call over all N * P particles and all elite members.
+        """
+        if propagation not in PROPAGATIONS:
+            raise ValueError(f"unknown propagation {propagation!r}; expected one of {PROPAGATIONS}")
+        N, H, A = actions.shape
+        if A != self.action_dim:
+            raise ValueError(f"actions have {A} dimensions, the model expects {self.action_dim}")
+        S, P = self.state_dim, particles
+        state = state.float()
+        if state.dim() == 1:
+            state = state.unsqueeze(0).expand(N, S)
+        if state.shape != (N, S):
+            raise ValueError(f"state must be [{S}] or [{N}, {S}], got {tuple(state.shape)}")
+        net = self._elite_net(dtype)
+        E = len(self.elite_idx)
+        B = N * P
+        out = torch.empty(N, P, H + 1, S)
+        out[:, :, 0] = state.unsqueeze(1)
+        cur = out[:, :, 0].reshape(B, S).clone()  # [B, S] in (candidate, particle) order
+        actions = actions.float()
+
+        if propagation == "expectation":
+            for t in range(H):
+                x = self._inputs(cur, actions[:, t].repeat_interleave(P, dim=0))  # [B, in]
+                mean, _ = self._gaussian(net(x.unsqueeze(0).expand(E, B, -1)))
+                cur = cur + self.target_norm.inverse(mean.mean(0))
+                out[:, :, t + 1] = cur.view(N, P, S)
+            return out
+
+        # Trajectory sampling: rows are dealt to members in equal groups [E, B/E].
+        per = -(-B // E)
+        pad = per * E - B
+        slot = self._deal(B, pad, generator)  # [E * per] row index per slot
+        noise = torch.empty(E, per, S)
+        for t in range(H):
+            if propagation == "ts1" and t > 0:
+                slot = self._deal(B, pad, generator)
+            act = actions[:, t].repeat_interleave(P, dim=0)  # [B, A]
+            x = self._inputs(cur, act)[slot].view(E, per, -1)  # [E, per, in]
+            mean, logvar = self._gaussian(net(x))  # [E, per, S]
+            torch.randn(E, per, S, generator=generator, out=noise)
+            delta = self.target_norm.inverse(mean + noise * torch.exp(0.5 * logvar))
+            nxt = torch.empty_like(cur)
+            nxt[slot[:B]] = cur[slot[:B]] + delta.view(E * per, S)[:B]
+            cur = nxt
+            out[:, :, t + 1] = cur.view(N, P, S)
+        return out
+
+    @staticmethod
+    def _deal(B: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+        """A random assignment of B rows to E equal groups (padding repeats rows)."""
+        perm = torch.randperm(B, generator=generator)
+        return torch.cat([perm, perm[:pad]]) if pad else perm

@@ -1,0 +1,75 @@
+"""The batched ensemble equals a loop over independent members."""
+
+import pytest
+import torch
+
+from mbrm.nn import EnsembleLinear, EnsembleMLP, Normalizer, bootstrap_indices, inference_copy
+
+
+def _member_forward(mlp: EnsembleMLP, e: int, x: torch.Tensor) -> torch.Tensor:
+    h = x
+    for i, lin in enumerate(mlp.linears):
+        h = h @ lin.weight[e] + lin.bias[e, 0]
+        if i < len(mlp.linears) - 1:
+            h = mlp.act(h)
+    return h
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "tanh"])
+def test_ensemble_mlp_equals_loop_over_members(torch_gen, activation):
+    mlp = EnsembleMLP(5, 7, 3, hidden=32, layers=3, activation=activation, generator=torch_gen)
+    x = torch.randn(5, 11, 7, generator=torch_gen)
+    y = mlp(x)
+    for e in range(5):
+        torch.testing.assert_close(y[e], _member_forward(mlp, e, x[e]), atol=1e-6, rtol=0)
+
+
+def test_members_are_initialised_independently(torch_gen):
+    lin = EnsembleLinear(4, 8, 8, generator=torch_gen)
+    w = lin.weight.detach().reshape(4, -1)
+    assert torch.corrcoef(w).fill_diagonal_(0).abs().max() < 0.5
+
+
+def test_bfloat16_copy_is_close_and_float32_input_accepted(torch_gen):
+    mlp = EnsembleMLP(3, 6, 4, hidden=64, layers=2, generator=torch_gen)
+    x = torch.randn(3, 50, 6, generator=torch_gen)
+    bf = inference_copy(mlp, "bfloat16")
+    assert next(bf.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in bf.parameters())
+    torch.testing.assert_close(bf(x).float(), mlp(x), atol=0.05, rtol=0.05)
+    assert next(mlp.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_select_keeps_chosen_members(torch_gen):
+    mlp = EnsembleMLP(5, 4, 2, hidden=16, layers=2, generator=torch_gen)
+    x = torch.randn(5, 9, 4, generator=torch_gen)
+    sub = mlp.select([3, 1])
+    torch.testing.assert_close(sub(x[[3, 1]]), mlp(x)[[3, 1]])
+
+
+def test_bad_shapes_and_names_are_clear_errors(torch_gen):
+    mlp = EnsembleMLP(2, 4, 1, hidden=8, layers=1, generator=torch_gen)
+    with pytest.raises(ValueError, match="expected input"):
+        mlp(torch.zeros(3, 5, 4))
+    with pytest.raises(ValueError, match="unknown activation"):
+        EnsembleMLP(2, 4, 1, activation="swish-ish")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        inference_copy(mlp, "float8")
+
+
+def test_normalizer_keeps_constant_dimensions_finite():
+    n = Normalizer(3)
+    x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0]])
+    n.fit(x)
+    y = n(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(n.inverse(y), x)
+    with pytest.raises(ValueError, match="non-finite"):
+        n.fit(torch.tensor([[float("nan"), 0.0, 0.0]]))
+
+
+def test_bootstrap_is_seeded(torch_gen):
+    a = bootstrap_indices(100, 4, torch.Generator().manual_seed(3))
+    b = bootstrap_indices(100, 4, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (4, 100)
+    assert not torch.equal(a[0], a[1])
