@@ -1,0 +1,253 @@
+"""Constraint-aware cross-entropy method: PETS CEM and its iCEM refinements.
+
+CEM (Chua et al. 2018, "Deep RL in a handful of trials", PETS, Sec. 5 and App. A)
+keeps a Gaussian over action sequences, imagines a population drawn from it
+(truncated to the action box), and refits the Gaussian to the best (elite)
+sequences with momentum. iCEM (Pinneri et al. 2020, "Sample-efficient
+cross-entropy method for real-time planning", Sec. 3) adds coloured noise, keeps
+a fraction of the elites, shrinks the population over iterations, adds the mean
+in the last iteration and executes the best sequence seen. Every option defaults
+to plain PETS CEM.
+
+Rejection, not penalty (Leike et al. 2018, Sec. 5.2): only feasible sequences may
+be elites, and the executed plan is feasible whenever any imagined one was.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from numpy.typing import ArrayLike
+
+from planners.base import (
+    WARM_START_FILLS,
+    Imagination,
+    PlanResult,
+    RejectionTally,
+    TopK,
+    action_box,
+    check_generator,
+    check_state,
+    finish,
+    imagine,
+    merge_top,
+    rank,
+    score_candidates,
+    warm_start,
+)
+
+
+def coloured_noise(
+    n: int, horizon: int, action_dim: int, beta: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Gaussian noise [n, H, A] with power spectrum ~ 1/f^beta along time.
+
+    beta = 0 is white noise; larger beta puts more power in slow changes, which
+    suits the low-pass dynamics of robots (iCEM Sec. 3.1). Each (sample, action
+    dimension) gets an independent sequence; spectral amplitudes are drawn with
+    Gaussian real and imaginary parts and transformed back. The marginal
+    variance of every step is exactly 1, so the noise can feed a Gaussian copula.
+    """
+    if beta == 0.0:
+        return torch.randn(n, horizon, action_dim, generator=generator)
+    freqs = torch.fft.rfftfreq(horizon, dtype=torch.float64)  # [F]
+    # The lowest frequency H steps can resolve stands in for 0, where 1/f^beta diverges.
+    freqs[0] = 1.0 / horizon
+    amp = freqs.pow(-beta / 2.0)  # [F]
+    F = amp.shape[0]
+    re = torch.randn(n, action_dim, F, generator=generator, dtype=torch.float64) * amp
+    im = torch.randn(n, action_dim, F, generator=generator, dtype=torch.float64) * amp
+    # A real signal has no imaginary part at 0 (and at the Nyquist frequency when H is even).
+    im[..., 0] = 0.0
+    real_bins = [0]
+    if horizon % 2 == 0 and F > 1:
+        im[..., -1] = 0.0
+        real_bins.append(F - 1)
+    x = torch.fft.irfft(torch.complex(re, im), n=horizon)  # [n, A, H]
+    # Var(x_t) = (sum over real bins amp^2 + 4 * sum over the others amp^2) / H^2 for every t.
+    power = amp.square()
+    paired = power.sum() - power[real_bins].sum()
+    sigma = torch.sqrt(power[real_bins].sum() + 4.0 * paired) / horizon
+    return (x / sigma).transpose(1, 2).float()  # [n, H, A]
+
+
+def truncated_normal(
+    mean: torch.Tensor,  # [H, A]
+    std: torch.Tensor,  # [H, A]
+    low: torch.Tensor,  # [A]
+    high: torch.Tensor,  # [A]
+    noise: torch.Tensor,  # [n, H, A] standard normal (white or coloured)
+) -> torch.Tensor:
+    """Samples [n, H, A] of N(mean, std^2) truncated to [low, high].
+
+    Inverse-CDF sampling through a Gaussian copula: Phi(noise) is uniform, and
+    mapping it into [Phi(a), Phi(b)] gives the exact truncated marginal while the
+    temporal correlation of coloured noise carries over. Computed in float64,
+    where the CDF resolves about 8 standard deviations; rounding beyond that is
+    clamped to the box.
+    """
+    m, s = mean.double(), std.double().clamp_min(1e-12)
+    lo, hi = low.double(), high.double()
+    cdf_lo = _phi((lo - m) / s)  # [H, A]
+    cdf_hi = _phi((hi - m) / s)  # [H, A]
+    u = cdf_lo + _phi(noise.double()) * (cdf_hi - cdf_lo)  # [n, H, A]
+    x = m + s * math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+    return torch.minimum(torch.maximum(x, lo), hi).float()
+
+
+def _phi(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-z / math.sqrt(2.0))
+
+
+class CEMPlanner:
+    """CEM over action sequences with feasibility-first elites (PETS; iCEM options).
+
+    Defaults are PETS CEM: white noise, no kept elites, a constant population, and
+    the mean of the final distribution executed (imagined once more so that its
+    feasibility is checked, never assumed).
+    """
+
+    def __init__(
+        self,
+        *,
+        action_low: ArrayLike,
+        action_high: ArrayLike,
+        horizon: int,
+        population: int = 400,
+        elites: int = 40,
+        iterations: int = 5,
+        momentum: float = 0.1,
+        init_std: float = 0.5,
+        kappa: float = 0.0,
+        threshold: float = 0.5,
+        noise_beta: float = 0.0,
+        keep_elites: float = 0.0,
+        population_decay: float = 1.0,
+        add_mean: bool = False,
+        execute_best: bool = False,
+        warm_start_fill: str = "repeat",
+        top_k: int = 4,
+    ) -> None:
+        self.low, self.high = action_box(action_low, action_high)
+        checks = {
+            "horizon >= 1": horizon >= 1,
+            "iterations >= 1": iterations >= 1,
+            "1 <= elites": elites >= 1,
+            "population >= 2 * elites": population >= 2 * elites,
+            "0 <= momentum < 1": 0.0 <= momentum < 1.0,
+            "init_std > 0": init_std > 0.0,
+            "kappa is finite": math.isfinite(kappa),
+            "0 <= threshold <= 1": 0.0 <= threshold <= 1.0,
+            "noise_beta >= 0": noise_beta >= 0.0,
+            "0 <= keep_elites <= 1": 0.0 <= keep_elites <= 1.0,
+            "population_decay >= 1": population_decay >= 1.0,
+            "top_k >= 1": top_k >= 1,
+            f"warm_start_fill in {WARM_START_FILLS}": warm_start_fill in WARM_START_FILLS,
+        }
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"CEMPlanner: violated {', '.join(failed)}")
+        self.horizon = int(horizon)
+        self.population = int(population)
+        self.elites = int(elites)
+        self.iterations = int(iterations)
+        self.momentum = float(momentum)
+        self.init_std = float(init_std)
+        self.kappa = float(kappa)
+        self.threshold = float(threshold)
+        self.noise_beta = float(noise_beta)
+        self.n_keep = math.ceil(keep_elites * elites)
+        self.population_decay = float(population_decay)
+        self.add_mean = bool(add_mean)
+        self.execute_best = bool(execute_best)
+        self.warm_start_fill = warm_start_fill
+        self.top_k = int(top_k)
+
+    def population_size(self, iteration: int) -> int:
+        """iCEM Sec. 3.3: N_i = max(N * decay^-i, 2 * elites)."""
+        n = int(self.population * self.population_decay ** (-iteration))
+        return max(n, 2 * self.elites)
+
+    def plan(
+        self,
+        state: torch.Tensor,
+        imagination: Imagination,
+        *,
+        generator: torch.Generator,
+        previous_plan: torch.Tensor | None = None,
+    ) -> PlanResult:
+        """Plan from ``state`` [S]; ``previous_plan`` [H, A] is shifted to warm-start."""
+        state = check_state(state)
+        check_generator(generator)
+        H, A = self.horizon, self.low.shape[0]
+        mean = warm_start(
+            previous_plan, horizon=H, low=self.low, high=self.high, fill=self.warm_start_fill
+        )  # [H, A]
+        half_range = (self.high - self.low) / 2.0  # [A]
+        var = (self.init_std * half_range).square().expand(H, A).clone()  # [H, A]
+        kept = mean.new_empty(0, H, A)  # elites carried into the next iteration
+        top: TopK | None = None
+        tally = RejectionTally()
+        history: list[float] = []
+
+        for i in range(self.iterations):
+            # Sample: fresh sequences plus the ones iCEM re-imagines (kept elites,
+            # the shifted previous solution first, the mean last).
+            extra = [kept]
+            if i == 0 and self.n_keep > 0 and previous_plan is not None:
+                extra.append(mean[None])
+            if self.add_mean and i == self.iterations - 1:
+                extra.append(mean[None])
+            extra_actions = torch.cat(extra)  # [n_extra, H, A]
+            n_new = max(self.population_size(i) - extra_actions.shape[0], 1)
+            noise = coloured_noise(n_new, H, A, self.noise_beta, generator)  # [n_new, H, A]
+            fresh = truncated_normal(mean, var.sqrt(), self.low, self.high, noise)
+            actions = torch.cat([fresh, extra_actions])  # [N_i, H, A]
+
+            # Score: risk-adjusted return and feasibility of every candidate.
+            batch = imagine(imagination, state, actions)
+            scores = score_candidates(batch, kappa=self.kappa, threshold=self.threshold)
+            tally.add(scores)
+            top = merge_top(top, batch, actions, scores, self.top_k)
+            history.append(top.best_score())
+
+            # Elites: feasible candidates only; the least risky while none is feasible.
+            order = rank(scores.score, scores.risk, scores.exposure, scores.feasible)
+            n_feasible = int(scores.feasible.sum())
+            n_elites = min(self.elites, n_feasible) if n_feasible > 0 else self.elites
+            elite = actions[order[:n_elites]]  # [K, H, A]
+            kept = elite[: self.n_keep]
+
+            # Refit the Gaussian with momentum (PETS App. A: alpha on mean and variance).
+            m = self.momentum
+            mean = m * mean + (1.0 - m) * elite.mean(0)
+            var = m * var + (1.0 - m) * elite.var(0, unbiased=False)
+
+        assert top is not None  # iterations >= 1
+        if not self.execute_best:
+            # PETS executes the final mean; imagine it so feasibility is known.
+            mean_batch = imagine(imagination, state, mean[None])
+            mean_scores = score_candidates(mean_batch, kappa=self.kappa, threshold=self.threshold)
+            tally.add(mean_scores)
+            top = merge_top(top, mean_batch, mean[None], mean_scores, self.top_k)
+            if bool(mean_scores.feasible[0]):
+                return finish(
+                    plan=mean.clone(),
+                    plan_score=float(mean_scores.score[0]),
+                    plan_risk=float(mean_scores.risk[0]),
+                    plan_feasible=True,
+                    top=top,
+                    tally=tally,
+                    history=history,
+                )
+        # The best candidate seen: feasible if any was, else the least risky.
+        return finish(
+            plan=top.actions[0].clone(),
+            plan_score=float(top.score[0]),
+            plan_risk=float(top.risk[0]),
+            plan_feasible=bool(top.feasible[0]),
+            top=top,
+            tally=tally,
+            history=history,
+        )
