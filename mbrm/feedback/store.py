@@ -620,6 +620,40 @@ class FeedbackStore:
         )
         return int(cur.lastrowid)
 
+    def add_labelled_query(
+        self,
+        kind: FeedbackKind | str,
+        segment_ids: Sequence[int],
+        value: LabelValue,
+        who: Labeller | str,
+        *,
+        acquisition: str | None = None,
+        score: float | None = None,
+        source: str | None = None,
+        loop_round: int | None = None,
+    ) -> tuple[int, int]:
+        """Record a query together with its answer; returns (query id, label id).
+
+        For a synthetic teacher that answers at once: one transaction, so the query is
+        never visible as pending (an annotator cannot lease it in between) and a failed
+        label leaves no unanswered query behind.
+        """
+        who = _labeller(who)
+        params = _json_params(who)
+        now = self._clock()
+        with self._write():
+            query_id = self._insert_query(
+                FeedbackKind(kind),
+                tuple(segment_ids),
+                acquisition=acquisition,
+                score=score,
+                source=source,
+                loop_round=loop_round,
+                status=QueryStatus.PENDING,
+                created_at=now,
+            )
+            return query_id, self._insert_label(self.get_query(query_id), value, who, params, now)
+
     def skip(self, query_id: int, who: Labeller | str) -> None:
         """Record that ``who`` declined to answer (B-Pref skip); the query leaves the queue."""
         who = _labeller(who)
