@@ -18,7 +18,8 @@ is the same first-order model, exact where the projection starts. ``learned``
 entries are not linear and are left to the planner's rejection (``skipped``).
 
 The cvxpy problem is built once with Parameters (DPP), so each step only sets
-values and calls the solver (OSQP warm-started, or Clarabel). A plan that
+values and calls the solver (OSQP warm-started, or Clarabel; an OSQP answer other
+than "optimal" is checked by Clarabel before it counts). A plan that
 already satisfies the linearised constraints (within ``tol``) is returned
 unchanged without a solve, which also makes the filter idempotent.
 
@@ -33,6 +34,7 @@ never clipped silently; every deviation from ``a_plan`` is reported.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +51,7 @@ SOLVERS = ("OSQP", "CLARABEL")
 _DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     # Tight tolerances plus polishing: the returned action must satisfy the
     # linearised constraints to ~1e-9, not OSQP's default 1e-3.
-    "OSQP": {"eps_abs": 1e-9, "eps_rel": 1e-9, "polish": True, "max_iter": 20000},
+    "OSQP": {"eps_abs": 1e-9, "eps_rel": 1e-9, "polishing": True, "max_iter": 20000},
     "CLARABEL": {},
 }
 
@@ -239,9 +241,7 @@ class QPFilter:
         self._a_plan.value = a_plan
         if self.n_state:
             self._M.value, self._r.value = M, r
-        status, a_star = self._solve(self._problem)
-        if status == "optimal" and self._slack_at(a_star, M, r).min() < -self.accept_tol:
-            status = "inaccurate"
+        status, a_star = self._solve(self._problem, lambda a: self._slack_at(a, M, r).min())
         if status == "optimal":
             return self._result(
                 a_plan, a_star, "optimal", None, (M, r), lin, time.perf_counter() - t1
@@ -278,12 +278,35 @@ class QPFilter:
             a_plan, action, status, self.fallback, (M, r), lin, time.perf_counter() - t_start
         )
 
-    def _solve(self, problem: cp.Problem) -> tuple[str, np.ndarray | None]:
+    def _solve(
+        self, problem: cp.Problem, min_slack: Callable[[np.ndarray], float] | None = None
+    ) -> tuple[str, np.ndarray | None]:
+        """Solve; ``min_slack(a)`` below ``-accept_tol`` marks the answer inaccurate."""
+
+        def attempt(solver: str, options: Mapping[str, Any]) -> tuple[str, np.ndarray | None]:
+            status, a = self._solve_with(problem, solver, options)
+            if status == "optimal" and min_slack is not None and min_slack(a) < -self.accept_tol:
+                status = "inaccurate"
+            return status, a
+
+        status, a = attempt(self.solver, self.options)
+        if status != "optimal" and self.solver == "OSQP":
+            # First-order OSQP can misreport infeasibility on badly scaled rows; the
+            # interior-point Clarabel gives a second opinion before a fallback is used.
+            status, a = attempt("CLARABEL", {})
+        return status, a
+
+    def _solve_with(
+        self, problem: cp.Problem, solver: str, options: Mapping[str, Any]
+    ) -> tuple[str, np.ndarray | None]:
         try:
-            if self.solver == "OSQP":
-                problem.solve(solver=cp.OSQP, warm_start=True, **self.options)
-            else:
-                problem.solve(solver=cp.CLARABEL, **self.options)
+            with warnings.catch_warnings():
+                # cvxpy warns on "optimal_inaccurate"; the rows are checked here instead.
+                warnings.filterwarnings("ignore", "Solution may be inaccurate", UserWarning)
+                if solver == "OSQP":
+                    problem.solve(solver=cp.OSQP, warm_start=True, **options)
+                else:
+                    problem.solve(solver=cp.CLARABEL, **options)
         except cp.error.SolverError:
             return "solver_error", None
         if problem.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
