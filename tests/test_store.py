@@ -24,6 +24,7 @@ from mbrm.feedback.segments import (
 from mbrm.feedback.store import (
     SCHEMA_VERSION,
     FeedbackStore,
+    FeedbackStoreError,
     InvalidExportError,
     InvalidLabelError,
     LeaseConflictError,
@@ -234,6 +235,22 @@ def test_flags_given_as_label_object(tmp_path: Path, rng: np.random.Generator) -
     assert label.value.first_step == 0 and label.value.known.sum() == 1
 
 
+def test_numpy_ids_and_atomic_labelled_query(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    ids = np.array([store.add_segment(make_segment(rng, t=3)) for _ in range(2)])  # int64
+    q = store.add_query(FeedbackKind.PREFERENCE, ids, score=np.float32(0.5))
+    assert store.get_query(np.int64(q)).segment_ids == (1, 2)
+    with pytest.raises(TypeError):
+        store.get_segment(1.0)  # type: ignore[arg-type]
+    query, label = store.add_labelled_query("unacceptable", ids[:1], [0, 0, 1, 1], "ada")
+    assert store.get_query(query).status is QueryStatus.LABELLED
+    assert store.get_label(query).id == label  # type: ignore[union-attr]
+    before = dump(store.path)
+    with pytest.raises(InvalidLabelError, match="got 2 flags, expected 4"):
+        store.add_labelled_query("unacceptable", ids[:1], [0, 1], "ada")
+    assert dump(store.path) == before  # no unanswered query left behind
+
+
 def test_foreign_files_are_refused_unchanged(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("these are not the labels you are looking for\n" * 20)
@@ -248,7 +265,7 @@ def test_foreign_files_are_refused_unchanged(tmp_path: Path) -> None:
         c.execute("INSERT INTO meta VALUES ('application', 'someone.else')")
     c.close()
     for path, message in [
-        (text, "not an SQLite database"),
+        (text, "not a readable SQLite database"),
         (other, "no 'meta' table"),
         (fake_meta, "application is 'someone.else'"),
         (tmp_path, "is a directory"),
@@ -260,6 +277,8 @@ def test_foreign_files_are_refused_unchanged(tmp_path: Path) -> None:
             assert file_digest(path) == digest
     with sqlite3.connect(other) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    with pytest.raises(FeedbackStoreError, match="cannot open feedback store"):
+        FeedbackStore(tmp_path / "missing" / "f.sqlite")
 
 
 def test_newer_schema_is_refused_unchanged(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import sqlite3
 import time
@@ -244,10 +245,13 @@ class FeedbackStore:
             c.execute("PRAGMA foreign_keys = ON")
             c.execute("PRAGMA journal_mode = WAL")
         except sqlite3.DatabaseError as e:
-            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            name = getattr(e, "sqlite_errorname", "")
+            if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
                 raise NotAFeedbackStoreError(
-                    f"{self.path} is not a feedback store (not an SQLite database: {e})"
+                    f"{self.path} is not a feedback store (not a readable SQLite database: {e})"
                 ) from e
+            if name == "SQLITE_CANTOPEN":
+                raise FeedbackStoreError(f"cannot open feedback store {self.path}: {e}") from e
             raise
 
     def _check_tables(self, tables: set[str]) -> None:
@@ -389,6 +393,7 @@ class FeedbackStore:
         return int(cur.lastrowid)
 
     def get_segment(self, segment_id: int) -> Segment:
+        segment_id = operator.index(segment_id)
         row = self._conn.execute(
             "SELECT states, states_dtype, states_shape, actions, actions_dtype, actions_shape, "
             "source, meta FROM segments WHERE id = ?",
@@ -423,7 +428,7 @@ class FeedbackStore:
         with self._write():
             return self._insert_query(
                 FeedbackKind(kind),
-                tuple(segment_ids),
+                _ids(segment_ids),
                 acquisition=acquisition,
                 score=score,
                 source=source,
@@ -481,6 +486,7 @@ class FeedbackStore:
         return int(cur.lastrowid)
 
     def get_query(self, query_id: int) -> Query:
+        query_id = operator.index(query_id)
         row = self._conn.execute(
             f"SELECT {_QUERY_COLUMNS} FROM queries WHERE id = ?", (query_id,)
         ).fetchone()
@@ -644,7 +650,7 @@ class FeedbackStore:
         with self._write():
             query_id = self._insert_query(
                 FeedbackKind(kind),
-                tuple(segment_ids),
+                _ids(segment_ids),
                 acquisition=acquisition,
                 score=score,
                 source=source,
@@ -669,7 +675,7 @@ class FeedbackStore:
 
     def get_label(self, query_id: int) -> Label | None:
         """The label of a query, or None while it has none."""
-        self.get_query(query_id)  # unknown id is an error, not "no label"
+        query_id = self.get_query(query_id).id  # unknown id is an error, not "no label"
         row = self._conn.execute(
             "SELECT id, query_id, kind, preference, flags, known, who_kind, who_name, "
             "who_params, created_at FROM labels WHERE query_id = ?",
@@ -872,6 +878,11 @@ class FeedbackStore:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _ids(ids: Sequence[int]) -> tuple[int, ...]:
+    """Ids as Python ints (numpy integers too); a float id is an error, not rounded."""
+    return tuple(operator.index(i) for i in ids)
 
 
 def _encode(a: np.ndarray) -> tuple[bytes, str, str]:
