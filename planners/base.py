@@ -150,8 +150,9 @@ def rank(
     """Indices [N] best first: feasible by score, then infeasible by least risk.
 
     Infeasible candidates come after every feasible one, ordered by risk, then
-    exposure, then score. Keys are applied least significant first with stable sorts.
-    NaN keys sort last; the scores themselves are left as they are.
+    exposure, then score; those with a NaN score or risk come last, since their
+    numbers say nothing. Keys are applied least significant first with stable
+    sorts; the scores themselves are left as they are.
     """
     inf = torch.full_like(score, float("inf"))
     zero = torch.zeros_like(score)
@@ -159,7 +160,8 @@ def rank(
     by_exposure = torch.where(feasible, zero, torch.where(torch.isnan(exposure), inf, exposure))
     by_risk = torch.where(feasible, zero, torch.where(torch.isnan(risk), inf, risk))
     order = torch.argsort(by_score, stable=True)
-    for key in (by_exposure, by_risk, (~feasible).to(score.dtype)):
+    broken = (torch.isnan(score) | torch.isnan(risk)).to(score.dtype)
+    for key in (by_exposure, by_risk, broken, (~feasible).to(score.dtype)):
         order = order[torch.argsort(key[order], stable=True)]
     return order
 
