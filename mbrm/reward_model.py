@@ -1,0 +1,509 @@
+"""Reward-model ensemble learned from pairwise preferences over segments.
+
+E members each predict a per-step reward ``r(s, a)``; a segment's predicted
+return is the sum over its steps. Members are trained with the Bradley-Terry
+model of Christiano et al. 2017 (Sec. 2.2.3),
+
+    P(a > b) = exp(sum_t r(a_t)) / (exp(sum_t r(a_t)) + exp(sum_t r(b_t)))
+             = sigmoid(R_a - R_b),
+
+by cross-entropy against the teacher's answer (1 left, 0 right, 0.5 equal;
+"cannot tell" is excluded). Each member sees its own bootstrap resample of the
+pairs, so their disagreement estimates epistemic uncertainty (Leike et al.
+2018, Sec. 5.6). After every fit each member's output is standardised on the
+training steps (Christiano et al. 2017, Sec. 2.2.3: "normalized to have zero
+mean and constant standard deviation"), which keeps the reward scale the
+planner sees stable across refits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from torch.nn import functional as F
+
+from mbrm.feedback.segments import Preference, Segment
+from mbrm.nn import (
+    EnsembleMLP,
+    Normalizer,
+    bootstrap_indices,
+    inference_copy,
+    minibatches,
+    resolve_dtype,
+)
+
+if TYPE_CHECKING:
+    from mbrm.tasks import Task
+
+PreferencePair = tuple[Segment, Segment, Preference]
+
+# Rows per forward call at inference: bounds the [E, rows, hidden] activations
+# (5 x 65536 x 256 x 4 bytes = 335 MB in float32) when planning asks for
+# hundreds of thousands of rows at once.
+_INFERENCE_CHUNK = 65536
+
+
+def _mask_or_all(input_mask: np.ndarray | None, state_dim: int) -> np.ndarray:
+    if input_mask is None:
+        return np.ones(state_dim, dtype=bool)
+    mask = np.asarray(input_mask)
+    if mask.dtype != bool or mask.shape != (state_dim,):
+        raise ValueError(
+            f"input_mask must be a boolean array of shape ({state_dim},), "
+            f"got dtype {mask.dtype} and shape {mask.shape}"
+        )
+    if not mask.any():
+        raise ValueError("input_mask selects no state dimension")
+    return mask.copy()
+
+
+class _RewardNet(nn.Module):
+    """Input selection, input normaliser, ensemble MLP and per-member output scaling.
+
+    One module so that :func:`mbrm.nn.inference_copy` copies all of it at once.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        input_mask: np.ndarray,
+        ensemble_size: int,
+        hidden: int,
+        layers: int,
+        activation: str,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        in_dim = int(input_mask.sum()) + action_dim
+        self.register_buffer("state_index", torch.as_tensor(np.flatnonzero(input_mask)))
+        self.normalizer = Normalizer(in_dim)
+        self.mlp = EnsembleMLP(
+            ensemble_size,
+            in_dim,
+            1,
+            hidden=hidden,
+            layers=layers,
+            activation=activation,
+            generator=generator,
+        )
+        # Per-member affine map from the Bradley-Terry scale to the planning scale.
+        self.register_buffer("out_shift", torch.zeros(ensemble_size))  # [E]
+        self.register_buffer("out_scale", torch.ones(ensemble_size))  # [E]
+
+    def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """states [B, S], actions [B, A] -> normalised inputs [B, in] (float32)."""
+        x = torch.cat([states.float()[:, self.state_index], actions.float()], dim=-1)
+        return self.normalizer(x)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-member Bradley-Terry-scale rewards: x [E, B, in] or [B, in] -> [E, B]."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
+        return self.mlp(x).squeeze(-1).float()
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-member standardised rewards [E, B]."""
+        return (self.raw(x) - self.out_shift[:, None]) / self.out_scale[:, None]
+
+
+@dataclass(frozen=True)
+class RewardFitReport:
+    """What one call to :meth:`RewardEnsemble.fit` did.
+
+    n_pairs:         pairs used (strict preferences plus ties)
+    n_ties:          pairs answered "equal" (target 0.5)
+    n_excluded:      pairs answered "cannot tell" (not used)
+    epochs:          passes over each member's bootstrap sample
+    loss_history:    mean Bradley-Terry cross-entropy per epoch, over members
+    train_accuracy:  ensemble-mean agreement with strict training preferences
+    out_scale:       per-member standard deviation of the raw reward on the training steps
+    """
+
+    n_pairs: int
+    n_ties: int
+    n_excluded: int
+    epochs: int
+    loss_history: list[float]
+    train_accuracy: float
+    out_scale: list[float]
+
+
+@dataclass(frozen=True)
+class _PairTensors:
+    """Pairs padded to a common length. left/right: [N, T, in]; masks [N, T]; target [N]."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    left_mask: torch.Tensor
+    right_mask: torch.Tensor
+    target: torch.Tensor
+
+
+class RewardEnsemble:
+    """An ensemble of E reward models ``r(s, a)`` trained on preferences (see module doc).
+
+    Network inputs are the state dimensions where ``input_mask`` is True
+    (``task.layout.input_mask``: unbounded root positions are left out) and the action.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        *,
+        input_mask: np.ndarray | None = None,
+        ensemble_size: int = 5,
+        hidden: int = 64,
+        layers: int = 2,
+        activation: str = "silu",
+        lr: float = 1e-3,
+        weight_decay: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if state_dim < 1 or action_dim < 1:
+            raise ValueError(
+                f"need positive sizes, got state_dim={state_dim}, action_dim={action_dim}"
+            )
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.input_mask = _mask_or_all(input_mask, state_dim)
+        self.ensemble_size = ensemble_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._config = {
+            "state_dim": state_dim,
+            "action_dim": action_dim,
+            "input_mask": self.input_mask.tolist(),
+            "ensemble_size": ensemble_size,
+            "hidden": hidden,
+            "layers": layers,
+            "activation": activation,
+        }
+        init_gen = torch.Generator().manual_seed(int(seed))
+        self.net = _RewardNet(
+            state_dim,
+            action_dim,
+            self.input_mask,
+            ensemble_size,
+            hidden,
+            layers,
+            activation,
+            init_gen,
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
+        )
+        self.fitted = False
+        self._inference: dict[torch.dtype, _RewardNet] = {}
+
+    # ------------------------------------------------------------------ data
+
+    def _check_segment(self, seg: Segment) -> None:
+        if seg.states.shape[1] != self.state_dim or seg.actions.shape[1] != self.action_dim:
+            raise ValueError(
+                f"segment has states [.., {seg.states.shape[1]}] and actions "
+                f"[.., {seg.actions.shape[1]}]; this model expects S={self.state_dim}, "
+                f"A={self.action_dim}"
+            )
+        if not (np.isfinite(seg.states[:-1]).all() and np.isfinite(seg.actions).all()):
+            raise ValueError("segment has non-finite states or actions")
+
+    def _pad(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw inputs [N, T, S+A] (zero padded) and validity mask [N, T] (bool)."""
+        t_max = max(seg.length for seg in segments)
+        x = torch.zeros(len(segments), t_max, self.state_dim + self.action_dim)
+        mask = torch.zeros(len(segments), t_max, dtype=torch.bool)
+        for i, seg in enumerate(segments):
+            self._check_segment(seg)
+            # r(s_t, a_t) for t < T: the last state only closes the segment.
+            step = np.concatenate([seg.states[:-1], seg.actions], axis=1)
+            x[i, : seg.length] = torch.as_tensor(step, dtype=torch.float32)
+            mask[i, : seg.length] = True
+        return x, mask
+
+    def _features(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[N, T, S+A] -> normalised network inputs [N, T, in], padding left at zero."""
+        N, T, _ = raw.shape
+        flat = raw.reshape(N * T, -1)
+        feats = self.net.features(flat[:, : self.state_dim], flat[:, self.state_dim :])
+        return feats.reshape(N, T, -1) * mask[..., None]
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        pairs: Sequence[PreferencePair],
+        *,
+        generator: torch.Generator,
+        epochs: int = 60,
+        batch_size: int = 32,
+    ) -> RewardFitReport:
+        """Fit every member on its bootstrap resample of ``pairs`` (Christiano et al. 2017, 2.2.3).
+
+        Training continues from the current weights (warm start) with the input
+        normaliser refitted on the new data; the output scale is recomputed at the
+        end. Pairs answered ``CANNOT_TELL`` are excluded, ``EQUAL`` is a 0.5 target.
+        """
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+        used = []
+        for i, (left, right, pref) in enumerate(pairs):
+            pref = Preference(pref)
+            if not isinstance(left, Segment) or not isinstance(right, Segment):
+                raise TypeError(f"pair {i} must hold two Segments, got {type(left)}, {type(right)}")
+            if pref.target is not None:
+                used.append((left, right, pref))
+        n_excluded = len(pairs) - len(used)
+        if not used:
+            raise ValueError(
+                f"no usable preference among {len(pairs)} pairs "
+                "(the list is empty or every answer is 'cannot tell')"
+            )
+        self._inference.clear()
+
+        left_raw, left_mask = self._pad([p[0] for p in used])
+        right_raw, right_mask = self._pad([p[1] for p in used])
+        valid = torch.cat([left_raw[left_mask], right_raw[right_mask]])  # [rows, S+A]
+        all_inputs = torch.cat(
+            [valid[:, : self.state_dim][:, self.net.state_index], valid[:, self.state_dim :]], 1
+        )
+        self.net.normalizer.fit(all_inputs)
+        data = _PairTensors(
+            left=self._features(left_raw, left_mask),
+            right=self._features(right_raw, right_mask),
+            left_mask=left_mask,
+            right_mask=right_mask,
+            target=torch.tensor([p[2].target for p in used], dtype=torch.float32),
+        )
+
+        E, N = self.ensemble_size, len(used)
+        boot = bootstrap_indices(N, E, generator)  # [E, N]
+        history: list[float] = []
+        self.net.train()
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for idx in minibatches(boot, batch_size, generator):  # idx [E, b]
+                logits = self._logits(data, idx)  # [E, b]
+                loss = F.binary_cross_entropy_with_logits(logits, data.target[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item() * idx.shape[1]
+                count += idx.shape[1]
+            history.append(total / count)
+            if not math.isfinite(history[-1]):
+                raise FloatingPointError(f"Bradley-Terry loss became {history[-1]} while fitting")
+        self.net.eval()
+
+        with torch.no_grad():
+            # Output normalisation on the (unique) training steps, per member.
+            x = self.net.normalizer(all_inputs)
+            raw = self.net.raw(x)  # [E, rows]
+            self.net.out_shift.copy_(raw.mean(1))
+            self.net.out_scale.copy_(raw.std(1, unbiased=False).clamp_min(1e-6))
+            every = torch.arange(N).expand(E, N)
+            logits = self._logits(data, every).mean(0)  # [N]
+        strict = data.target != 0.5
+        agree = (logits[strict] > 0) == (data.target[strict] > 0.5)
+        self.fitted = True
+        return RewardFitReport(
+            n_pairs=N,
+            n_ties=int((~strict).sum()),
+            n_excluded=n_excluded,
+            epochs=epochs,
+            loss_history=history,
+            train_accuracy=float(agree.float().mean()) if strict.any() else float("nan"),
+            out_scale=self.net.out_scale.tolist(),
+        )
+
+    def _logits(self, data: _PairTensors, idx: torch.Tensor) -> torch.Tensor:
+        """Bradley-Terry logits R_left - R_right per member: idx [E, b] -> [E, b]."""
+        E, b = idx.shape
+        T_l, T_r = data.left.shape[1], data.right.shape[1]
+        x = torch.cat(
+            [data.left[idx].reshape(E, b * T_l, -1), data.right[idx].reshape(E, b * T_r, -1)], 1
+        )
+        r = self.net.raw(x)  # [E, b*(T_l+T_r)]
+        r_left = (r[:, : b * T_l].reshape(E, b, T_l) * data.left_mask[idx]).sum(-1)
+        r_right = (r[:, b * T_l :].reshape(E, b, T_r) * data.right_mask[idx]).sum(-1)
+        return r_left - r_right
+
+    # ------------------------------------------------------------------ inference
+
+    def _inference_net(self, dtype: str | torch.dtype) -> _RewardNet:
+        dt = resolve_dtype(dtype)
+        if dt not in self._inference:
+            self._inference[dt] = inference_copy(self.net, dt)  # type: ignore[assignment]
+        return self._inference[dt]
+
+    @torch.no_grad()
+    def predict_members(
+        self,
+        states: np.ndarray | torch.Tensor,
+        actions: np.ndarray | torch.Tensor,
+        dtype: str | torch.dtype = "float32",
+    ) -> torch.Tensor:
+        """Standardised reward of every member: states [..., S], actions [..., A] -> [E, ...]."""
+        s = torch.as_tensor(states)
+        a = torch.as_tensor(actions)
+        if s.shape[-1] != self.state_dim or a.shape[-1] != self.action_dim:
+            raise ValueError(
+                f"predict expects states [..., {self.state_dim}] and actions "
+                f"[..., {self.action_dim}], got {tuple(s.shape)} and {tuple(a.shape)}"
+            )
+        if s.shape[:-1] != a.shape[:-1]:
+            raise ValueError(
+                f"states {tuple(s.shape)} and actions {tuple(a.shape)} differ in leading dimensions"
+            )
+        lead = s.shape[:-1]
+        net = self._inference_net(dtype)
+        s2, a2 = s.reshape(-1, self.state_dim), a.reshape(-1, self.action_dim)
+        out = torch.empty(self.ensemble_size, s2.shape[0])  # [E, B]
+        for start in range(0, s2.shape[0], _INFERENCE_CHUNK):
+            sl = slice(start, start + _INFERENCE_CHUNK)
+            out[:, sl] = net.scaled(net.features(s2[sl], a2[sl]))
+        return out.reshape(self.ensemble_size, *lead)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        states: np.ndarray | torch.Tensor,
+        actions: np.ndarray | torch.Tensor,
+        dtype: str | torch.dtype = "float32",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensemble mean and std of the standardised reward r(s, a): both [...] float32.
+
+        ``dtype="bfloat16"`` runs the networks in bfloat16 (input normalisation and
+        the mean/std stay float32). The std is over members (population std, so
+        E=1 gives 0, not NaN).
+        """
+        r = self.predict_members(states, actions, dtype)  # [E, ...]
+        return r.mean(0), r.std(0, unbiased=False)
+
+    @torch.no_grad()
+    def preference_probability(self, left: Segment, right: Segment) -> torch.Tensor:
+        """Per-member Bradley-Terry P(left > right) on the training scale: [E].
+
+        Uses the raw (not standardised) rewards, the scale the probabilities were
+        fitted on; computed as sigmoid(R_left - R_right), finite for any gap.
+        """
+        return torch.sigmoid(self.return_difference(left, right))
+
+    @torch.no_grad()
+    def return_difference(self, left: Segment, right: Segment) -> torch.Tensor:
+        """Per-member raw predicted return of ``left`` minus ``right``: [E]."""
+        returns = []
+        for seg in (left, right):
+            self._check_segment(seg)
+            s = torch.as_tensor(seg.states[:-1], dtype=torch.float32)
+            a = torch.as_tensor(seg.actions, dtype=torch.float32)
+            returns.append(self.net.raw(self.net.features(s, a)).sum(-1))  # [E]
+        return returns[0] - returns[1]
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model: config, weights, normaliser,
+        output scale, optimiser state and whether it has been fitted."""
+        return {
+            "config": dict(self._config),
+            "net": {k: v.clone() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "fitted": self.fitted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; the architectures must match."""
+        missing = {"config", "net", "optimizer", "fitted"} - set(state)
+        if missing:
+            raise KeyError(f"reward-ensemble state is missing {sorted(missing)}")
+        if state["config"] != self._config:
+            diff = {
+                k: (state["config"].get(k), v)
+                for k, v in self._config.items()
+                if state["config"].get(k) != v
+            }
+            raise ValueError(
+                f"reward-ensemble state does not match this model: {diff} (saved, here)"
+            )
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.fitted = bool(state["fitted"])
+        self._inference.clear()
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def preference_accuracy(model: RewardEnsemble, pairs: Sequence[PreferencePair]) -> float:
+    """Fraction of strict (left/right) preferences whose order the ensemble-mean return agrees with.
+
+    The return is the sum of :meth:`RewardEnsemble.predict` means over the segment,
+    the quantity a planner maximises. Ties and "cannot tell" are not counted; an
+    exact predicted tie counts as wrong.
+    """
+    correct, total = 0, 0
+    for left, right, pref in pairs:
+        pref = Preference(pref)
+        if pref not in (Preference.LEFT, Preference.RIGHT):
+            continue
+        r_left = model.predict(left.states[:-1], left.actions)[0].sum()
+        r_right = model.predict(right.states[:-1], right.actions)[0].sum()
+        says_left = bool(r_left > r_right)
+        says_right = bool(r_right > r_left)
+        correct += says_left if pref is Preference.LEFT else says_right
+        total += 1
+    if total == 0:
+        raise ValueError("preference_accuracy needs at least one strict (left/right) preference")
+    return correct / total
+
+
+def reward_spearman(
+    model: RewardEnsemble,
+    task: Task,
+    states: np.ndarray,
+    actions: np.ndarray,
+    next_states: np.ndarray,
+) -> float:
+    """Spearman rank correlation of the learned mean r(s, a) with ``task.true_reward(s, a, s')``.
+
+    states [N, S], actions [N, A], next_states [N, S]: held-out transitions. Leike
+    et al. 2018, Sec. 5.9: testing the reward model against held-out ground truth.
+    """
+    states, actions, next_states = (
+        np.asarray(x, dtype=np.float64) for x in (states, actions, next_states)
+    )
+    if (
+        states.ndim != 2
+        or states.shape != next_states.shape
+        or actions.shape[:1] != states.shape[:1]
+    ):
+        raise ValueError(
+            f"reward_spearman expects states [N, S], actions [N, A], next_states [N, S]; "
+            f"got {states.shape}, {actions.shape}, {next_states.shape}"
+        )
+    if states.shape[0] < 3:
+        raise ValueError(f"reward_spearman needs at least 3 transitions, got {states.shape[0]}")
+    true = task.true_reward(states, actions, next_states)
+    if np.ptp(true) == 0:
+        raise ValueError("the true reward is constant on these transitions; Spearman is undefined")
+    pred = model.predict(states, actions)[0].numpy()
+    if np.ptp(pred) == 0:
+        raise ValueError(
+            "the learned reward is constant on these transitions; Spearman is undefined"
+        )
+    return float(spearmanr(pred, true).statistic)
