@@ -170,14 +170,26 @@ class QPFilter:
         fixed = [self._G @ self._a <= self._h] if self._G.shape[0] else []
         dist = cp.sum_squares(self._a - self._a_plan)
         hard = [self._M @ self._a <= self._r] if self.n_state else []
-        self._problem = cp.Problem(cp.Minimize(dist), hard + fixed)
+        # One instance per solver: cvxpy caches one compiled chain per problem, and
+        # switching solvers on one instance would recompile it on every switch.
+        self._problem = {sv: cp.Problem(cp.Minimize(dist), hard + fixed) for sv in SOLVERS}
         self._elastic = None
         if self.n_state and fallback == "least_violation":
             self._slack = cp.Variable(self.n_state, nonneg=True)
             soft = [self._M @ self._a <= self._r + self._slack]
             objective = cp.Minimize(dist + violation_weight * cp.sum(self._slack))
-            self._elastic = cp.Problem(objective, soft + fixed)
-        assert self._problem.is_dpp(), "the projection problem must be DPP"
+            self._elastic = {sv: cp.Problem(objective, soft + fixed) for sv in SOLVERS}
+        assert self._problem[solver].is_dpp(), "the projection problem must be DPP"
+        self._compile()
+
+    def _compile(self) -> None:
+        """Canonicalise every instance now, so that no step pays for it."""
+        self._a_plan.value = np.zeros(self.A)
+        if self.n_state:
+            self._M.value, self._r.value = np.zeros((self.n_state, self.A)), np.zeros(self.n_state)
+        for problems in (self._problem, self._elastic or {}):
+            for sv, problem in problems.items():
+                problem.get_problem_data(getattr(cp, sv))
 
     # ------------------------------------------------------------------ linearisation
 
@@ -279,12 +291,14 @@ class QPFilter:
         )
 
     def _solve(
-        self, problem: cp.Problem, min_slack: Callable[[np.ndarray], float] | None = None
+        self,
+        problems: dict[str, cp.Problem],
+        min_slack: Callable[[np.ndarray], float] | None = None,
     ) -> tuple[str, np.ndarray | None]:
         """Solve; ``min_slack(a)`` below ``-accept_tol`` marks the answer inaccurate."""
 
         def attempt(solver: str, options: Mapping[str, Any]) -> tuple[str, np.ndarray | None]:
-            status, a = self._solve_with(problem, solver, options)
+            status, a = self._solve_with(problems[solver], solver, options)
             if status == "optimal" and min_slack is not None and min_slack(a) < -self.accept_tol:
                 status = "inaccurate"
             return status, a

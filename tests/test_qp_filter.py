@@ -108,12 +108,13 @@ def test_solver_failure_is_a_status_not_a_crash(monkeypatch):
     def broken(*args, **kwargs):
         raise cp.error.SolverError("solver exploded")
 
-    monkeypatch.setattr(filt._problem, "solve", broken)
+    for problem in filt._problem.values():  # the Clarabel second opinion fails too
+        monkeypatch.setattr(problem, "solve", broken)
     res = run(filt, [0.0, 0.9], [0.5])
     assert res.status == "solver_error" and res.fallback == "zero" and res.action.tolist() == [0.0]
     filt2 = QPFilter(speed_set(), double_integrator, dtype=torch.float64)
-    monkeypatch.setattr(filt2._problem, "solve", broken)
-    monkeypatch.setattr(filt2._elastic, "solve", broken)
+    for problem in (*filt2._problem.values(), *filt2._elastic.values()):
+        monkeypatch.setattr(problem, "solve", broken)
     res = run(filt2, [0.0, 0.9], [0.5])  # the least-violation solve fails too: said so
     assert res.status == "solver_error" and res.fallback == "pass_through"
     assert res.action.tolist() == [0.5]
