@@ -154,6 +154,9 @@ class RewardEnsemble:
 
     Network inputs are the state dimensions where ``input_mask`` is True
     (``task.layout.input_mask``: unbounded root positions are left out) and the action.
+    ``weight_decay`` is AdamW's decoupled decay (shrink per step ``lr * weight_decay``):
+    noise-free preferences are separable, so without it the Bradley-Terry logits
+    grow without bound and the per-step reward overfits.
     """
 
     def __init__(
