@@ -5,7 +5,10 @@ Prints, per solver and set size, the median and 95th percentile of
 * step:       the whole filter call (linearisation + QP + bookkeeping);
 * linearise:  the batched forward/backward pass through ``mean_next_state``;
 * qp:         the cvxpy solve on steps that needed a projection (target: median <= 2 ms);
-* qp+fallback: all solves of a step whose linearised problem was infeasible.
+* qp+fallback: all solves of a step whose linearised problem was infeasible;
+
+in wall-clock time, and the step's CPU time of this process (``process_time``),
+which other processes on a shared machine disturb much less.
 
 States come from a real episode with random actions; plans are uniform in the
 actuator range. The world model has random weights (its speed is what matters
@@ -80,6 +83,42 @@ def centred_bounds(entries: dict, task, model, states, plans) -> dict:
     return entries
 
 
+def time_steps(filt: QPFilter, states: np.ndarray, plans: np.ndarray):
+    """Per-step wall and CPU times of the whole call, the linearisation and the solves."""
+    calls: dict[str, list[tuple[float, float]]] = {"linearise": [], "qp": []}
+
+    def timed(fn, sink):
+        def wrapper(*args, **kwargs):
+            t, c = time.perf_counter(), time.process_time()
+            out = fn(*args, **kwargs)
+            sink.append((time.perf_counter() - t, time.process_time() - c))
+            return out
+
+        return wrapper
+
+    filt.linearise = timed(filt.linearise, calls["linearise"])
+    filt._solve = timed(filt._solve, calls["qp"])
+    names = ("step", "linearise", "qp", "qp+fallback")
+    times = {k: {"wall": [], "cpu": []} for k in names}
+    statuses: dict[str, int] = {}
+    for s, a in zip(states, plans, strict=True):
+        n_qp = len(calls["qp"])
+        t, c = time.perf_counter(), time.process_time()
+        res = filt(s, a)
+        step = (time.perf_counter() - t, time.process_time() - c)
+        solves = np.sum(calls["qp"][n_qp:], axis=0) if len(calls["qp"]) > n_qp else None
+        parts = {"step": step, "linearise": calls["linearise"][-1]}
+        if res.status == "optimal":
+            parts["qp"] = solves
+        elif res.fallback is not None and solves is not None:
+            parts["qp+fallback"] = solves
+        for k, (wall, cpu) in parts.items():
+            times[k]["wall"].append(wall)
+            times[k]["cpu"].append(cpu)
+        statuses[res.status] = statuses.get(res.status, 0) + 1
+    return times, statuses
+
+
 def summary(name: str, xs: list[float]) -> str:
     if not xs:
         return f"{name} n/a"
@@ -121,22 +160,12 @@ def main() -> None:
         for solver in SOLVERS:
             filt = QPFilter(cs, model.mean_next_state, solver=solver)
             filt(states[0], plans[0])  # first call: solver set-up
-            step, lin, qp, fb, statuses = [], [], [], [], {}
-            for s, a in zip(states, plans, strict=True):
-                t = time.perf_counter()
-                res = filt(s, a)
-                step.append(time.perf_counter() - t)
-                lin.append(res.linearise_s)
-                if res.status == "optimal":
-                    qp.append(res.solve_s)
-                elif res.fallback is not None:
-                    fb.append(res.solve_s)
-                statuses[res.status] = statuses.get(res.status, 0) + 1
-            print(
-                f"  rows={len(filt.row_names):2d} (state {n_state:2d}) {solver:8s} "
-                f"{summary('step', step)} | {summary('linearise', lin)} | "
-                f"{summary('qp', qp)} | {summary('qp+fallback', fb)} | {statuses}"
-            )
+            times, statuses = time_steps(filt, states, plans)
+            print(f"  rows={len(filt.row_names):2d} (state {n_state:2d}) {solver:8s} {statuses}")
+            for clock in ("wall", "cpu"):
+                print(
+                    f"    {clock:4s} " + " | ".join(summary(k, v[clock]) for k, v in times.items())
+                )
 
 
 if __name__ == "__main__":

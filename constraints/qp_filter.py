@@ -145,7 +145,9 @@ class QPFilter:
         self.options = {**_DEFAULT_OPTIONS[solver], **(solver_options or {})}
         self.skipped = tuple(e.name for e in constraints.entries if isinstance(e, LearnedEntry))
         self._C_s, self._C_a, self._d = rows.C_s, rows.C_a, rows.d
-        self._C_s_t = torch.as_tensor(rows.C_s, dtype=dtype)  # [M, S]
+        # State dimensions read by some row; each needs one Jacobian row.
+        self._dims = np.flatnonzero(np.any(rows.C_s != 0, axis=0))  # [K]
+        self._dims_t = torch.as_tensor(self._dims, dtype=torch.long)
 
         # Constant rows: action inequalities and the finite sides of the box, as G a <= h.
         lo_i, hi_i = np.flatnonzero(np.isfinite(rows.low)), np.flatnonzero(np.isfinite(rows.high))
@@ -196,23 +198,27 @@ class QPFilter:
     def linearise(self, state: torch.Tensor, a_bar: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``M a <= r`` of the state constraints around ``(state [S], a_bar [A])``.
 
-        One batched forward pass with a copy of the input per row and one backward
-        pass give every row's gradient ``C_s J`` at once: M [Ms, A], r [Ms].
+        Only the K state dimensions that some row reads need a Jacobian row: one
+        batched forward pass with a copy of the input per dimension and one backward
+        pass give ``J[dims] [K, A]`` at once; then ``M = C_s[:, dims] J[dims] + C_a``.
         """
-        n = self.n_state
-        states = state.expand(n, self.S)  # [Ms, S]
-        actions = a_bar.expand(n, self.A).clone().requires_grad_(True)  # [Ms, A]
+        K = len(self._dims)
+        if K == 0:  # the rows read no state dimension: nothing to linearise
+            return self._C_a.copy(), self._d.copy()
+        states = state.expand(K, self.S)  # [K, S]
+        actions = a_bar.expand(K, self.A).clone().requires_grad_(True)  # [K, A]
         with torch.enable_grad():
-            nxt = self.dynamics(states, actions)  # [Ms, S]
-            if nxt.shape != (n, self.S):
-                raise ValueError(f"dynamics returned {tuple(nxt.shape)}, expected {(n, self.S)}")
-            y = (nxt * self._C_s_t.to(nxt.dtype)).sum(-1)  # [Ms]: row i at its own copy
+            nxt = self.dynamics(states, actions)  # [K, S]
+            if nxt.shape != (K, self.S):
+                raise ValueError(f"dynamics returned {tuple(nxt.shape)}, expected {(K, self.S)}")
+            y = nxt[torch.arange(K), self._dims_t]  # [K]: copy k reads dimension dims[k]
             (grad,) = torch.autograd.grad(y.sum(), actions, allow_unused=True)
-        g = np.zeros((n, self.A)) if grad is None else grad.detach().double().numpy()
+        J = np.zeros((K, self.A)) if grad is None else grad.detach().double().numpy()  # [K, A]
         f = nxt[0].detach().double().numpy()  # [S]
         a0 = a_bar.detach().double().numpy()
-        M = g + self._C_a
-        r = self._d - self._C_s @ f + g @ a0
+        G = self._C_s[:, self._dims] @ J  # [Ms, A] = C_s J
+        M = G + self._C_a
+        r = self._d - self._C_s @ f + G @ a0
         return M, r
 
     # ------------------------------------------------------------------ filtering

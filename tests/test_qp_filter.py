@@ -206,6 +206,21 @@ def test_linearisation_matches_finite_differences_on_nonlinear_dynamics():
     np.testing.assert_allclose(M[0] @ a0.numpy() - r[0] + 1.0, c(a0.numpy()), atol=1e-12)
 
 
+def test_rows_that_read_no_state_need_no_model_call():
+    cs = ConstraintSet.from_config(
+        {"both": {"kind": "linear", "over": "both", "A": [[0.0, 0.0, 1.0]], "b": [0.25]}},
+        layout=LAYOUT,
+        action_dim=1,
+    )
+
+    def never(s, a):
+        raise AssertionError("the dynamics must not be called")
+
+    res = run(QPFilter(cs, never), [0.0, 0.0], [1.0])
+    assert res.status == "optimal"
+    np.testing.assert_allclose(res.action, [0.25], atol=1e-7)
+
+
 def test_linearise_at_zero_agrees_on_linear_dynamics():
     plan = QPFilter(speed_set(), double_integrator, dtype=torch.float64)
     zero = QPFilter(speed_set(), double_integrator, linearise_at="zero", dtype=torch.float64)
