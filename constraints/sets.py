@@ -256,6 +256,7 @@ class ConstraintEvaluation:
         if not self.violations:
             return []
         names = list(self.violations)
+        # NaN ranks above every probability here (only for the ranking): it is the worst.
         stacked = torch.stack([v.nan_to_num(nan=2.0) for v in self.violations.values()], -1)
         return [names[i] for i in stacked.argmax(-1).flatten().tolist()]
 

@@ -264,7 +264,7 @@ def problems(draw):
     }
 
 
-def build(p, b=None, fallback="least_violation"):
+def build(p, b=None, fallback="least_violation", solver="CLARABEL"):
     S, A = p["S"], p["A"]
     layout = StateLayout(tuple(f"qpos.q{i}" for i in range(S)), S, 0, (), DT)
     entries = {
@@ -283,7 +283,7 @@ def build(p, b=None, fallback="least_violation"):
     def dyn(s, a):
         return s @ Ad.T + a @ Bd.T + c
 
-    return QPFilter(cs, dyn, fallback=fallback, dtype=torch.float64)
+    return QPFilter(cs, dyn, fallback=fallback, solver=solver, dtype=torch.float64)
 
 
 def exact_rows(p, b=None):
@@ -310,16 +310,16 @@ def chebyshev_margin(G, h):
     return -res.fun
 
 
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
-@given(problems())
-def test_output_is_feasible_whenever_the_problem_is(p):
+@given(problems(), st.sampled_from(["CLARABEL", "OSQP"]))
+def test_output_is_feasible_whenever_the_problem_is(p, solver):
     G, h = exact_rows(p)
     margin = chebyshev_margin(G, h)
     assume(abs(margin) > 1e-5)  # leave out problems on the edge of feasibility
-    filt = build(p)
+    filt = build(p, solver=solver)
     res = filt(p["state"], p["plan"])
     if margin > 0:
         assert res.status in ("optimal", "already_safe"), res.status
