@@ -154,6 +154,7 @@ def test_queries_labels_and_datasets(tmp_path: Path, rng: np.random.Generator) -
 
     assert store.label_counts("who") == {"person:ada": 2, "teacher:bpref": 4}
     assert store.label_counts("kind") == {"preference": 3, "unacceptable": 3}
+    assert store.count_labels() == 6 and store.count_labels("unacceptable") == 3
     assert sum(store.label_counts("source").values()) == 6
     label = store.get_label(ids["preferences"][0])
     assert label is not None and label.who.params == {"beta": 1.0, "mistake": 0.1}

@@ -518,6 +518,16 @@ class FeedbackStore:
             ).fetchone()[0]
         )
 
+    def count_labels(self, kind: FeedbackKind | str | None = None) -> int:
+        """Number of labels, of one feedback kind or all."""
+        if kind is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
+        return int(
+            self._conn.execute(
+                "SELECT COUNT(*) FROM labels WHERE kind = ?", (FeedbackKind(kind).value,)
+            ).fetchone()[0]
+        )
+
     # ------------------------------------------------------------------- leases
 
     def lease_next(
