@@ -1,3 +1,197 @@
-"""The ``mbrm`` command line (filled in as features land)."""
-def main() -> None:
-    raise SystemExit("mbrm: no commands yet")
+"""The ``mbrm`` command line.
+
+mbrm train [key=value ...]      a training run (Hydra; -m for sweeps)
+mbrm train resume=RUN_DIR       continue an interrupted run in RUN_DIR
+mbrm eval RUN_DIR               evaluate a run's final agent again
+mbrm report RUN_DIR             write RUN_DIR/report.md with plots
+mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
+mbrm options                    every configuration option with its one-line help
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+USAGE = __doc__
+
+
+def build_loop(cfg: Any, run_dir: Path):
+    """Plain objects from the composed config (constructors never see a DictConfig)."""
+    import hydra.utils
+    from omegaconf import OmegaConf
+
+    from constraints.classifier import ConstraintClassifier
+    from mbrm.feedback.teachers import PreferenceTeacher, UnacceptableTeacher
+    from mbrm.loop import Loop, LoopSettings
+    from mbrm.reward_model import RewardEnsemble
+    from mbrm.solicit import SolicitSettings
+    from mbrm.tasks import get_task
+    from mbrm.world_model import WorldModel
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    task = get_task(c["task"]["name"])
+    S, A, mask = task.state_dim, task.action_dim, task.layout.input_mask
+    seed = int(c["seed"])
+    world_model = WorldModel(S, A, input_mask=mask, seed=seed, **c["world_model"])
+    rm_cfg = dict(c["reward_model"])
+    kind = rm_cfg.pop("kind")
+    if kind not in ("ensemble", "oracle"):
+        raise ValueError(f"reward_model.kind must be 'ensemble' or 'oracle', got {kind!r}")
+    reward_model = (
+        RewardEnsemble(S, A, input_mask=mask, seed=seed, **rm_cfg) if kind == "ensemble" else None
+    )
+    cons = dict(c["constraints"])
+    oracle_constraints = bool(cons.pop("oracle", False))
+    classifier = (
+        None
+        if oracle_constraints
+        else ConstraintClassifier(S, input_mask=mask, seed=seed, **c["classifier"])
+    )
+    low, high = task.action_bounds
+    planner = hydra.utils.instantiate(
+        cfg.planner, action_low=low.tolist(), action_high=high.tolist()
+    )
+    fb = dict(c["feedback"])
+    mode = fb.pop("mode", "synthetic")
+    if mode not in ("synthetic", "human"):
+        raise ValueError(f"feedback.mode must be 'synthetic' or 'human', got {mode!r}")
+    if mode == "synthetic":
+        fb.pop("_target_", None)
+        fb.pop("seed", None)  # the run's seed drives every generator
+        pref_teacher = PreferenceTeacher(task, seed=seed, **fb)
+        unacc_teacher = UnacceptableTeacher(task, seed=seed + 1, **c["unacceptable_teacher"])
+    else:
+        pref_teacher = unacc_teacher = None
+    exp = dict(c["experiment"])
+    solicit = SolicitSettings(**exp.pop("solicit"))
+    settings = LoopSettings(**exp, episode_length=c["task"].get("episode_length"), solicit=solicit)
+    return Loop(
+        run_dir=run_dir,
+        task=task,
+        seed=seed,
+        world_model=world_model,
+        planner=planner,
+        constraint_entries=cons.get("entries", {}),
+        reward_model=reward_model,
+        classifier=classifier,
+        oracle_constraints=oracle_constraints,
+        preference_teacher=pref_teacher,
+        unacceptable_teacher=unacc_teacher,
+        settings=settings,
+        progress=bool(c["progress"]),
+    )
+
+
+def _train(cfg) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        saved.resume = cfg.resume
+        cfg = saved
+    else:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    loop = build_loop(cfg, run_dir)
+    if cfg.resume:
+        loop.resume()
+    summary = loop.run()
+    from mbrm.report import write_report
+
+    report = write_report(run_dir)
+    _print_summary(summary, run_dir, report)
+    return summary
+
+
+def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
+    print()
+    print(
+        f"mbrm: {summary['task']} seed {summary['seed']} finished after {summary['env_steps']} environment steps"
+    )
+    print(
+        f"  true return (eval)     {summary['eval_return']:9.2f}   random {summary['random_return']:.2f}   oracle {summary['oracle_return']:.2f}"
+    )
+    print(
+        f"  normalised score       {summary['normalised_score']:9.3f}   (R - R_random) / (R_oracle - R_random)"
+    )
+    print(
+        f"  unacceptable steps     eval {summary['eval_unacceptable_steps']}   during training {summary['train_unacceptable_steps']}   random policy {summary['random_unacceptable_steps']}"
+    )
+    print(
+        f"  labels                 {json.dumps(summary['labels'])}  by source {json.dumps(summary['labels_by_source'])}"
+    )
+    print(f"  planning               {summary['plan_seconds_per_step'] * 1000:.0f} ms per step")
+    print(f"  outputs                {run_dir}")
+    if report is not None:
+        print(f"  report                 {report}")
+
+
+def _hydra_entry(argv: list[str], extra: list[str] | None = None) -> None:
+    import hydra
+
+    sys.argv = [sys.argv[0], *(extra or []), *argv]
+    main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train)
+    main()
+
+
+def _eval(run_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.resume = str(run_dir)
+    loop = build_loop(cfg, run_dir)
+    loop.resume()
+    summary = loop.final_evaluation()
+    _print_summary(summary, run_dir, None)
+
+
+def _options() -> None:
+    """Every option of every config file with the comment line above it."""
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        comment = ""
+        print(f"\n[{path.relative_to(CONFIG_DIR)}]")
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith("#"):
+                comment = s.lstrip("# ")
+            elif ":" in s and not s.startswith("-"):
+                key, _, rest = s.partition(":")
+                value, _, inline = rest.partition("#")
+                print(f"  {key.strip():24s} {value.strip():24s} {(inline.strip() or comment)}")
+                comment = ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        _hydra_entry(rest)
+    elif cmd == "demo":
+        _hydra_entry(rest, ["experiment=demo", "world_model=small", "planner=cem_fast"])
+    elif cmd in ("eval", "report"):
+        if len(rest) != 1:
+            raise SystemExit(f"usage: mbrm {cmd} RUN_DIR")
+        run_dir = Path(rest[0])
+        if not (run_dir / "config.yaml").exists():
+            raise SystemExit(f"mbrm: {run_dir} is not a run directory (no config.yaml)")
+        if cmd == "eval":
+            _eval(run_dir)
+        else:
+            from mbrm.report import write_report
+
+            print(f"mbrm: report written to {write_report(run_dir)}")
+    elif cmd == "options":
+        _options()
+    else:
+        raise SystemExit(f"mbrm: unknown command {cmd!r}\n{USAGE}")

@@ -1,0 +1,492 @@
+"""The online loop: act, model the world, ask, learn what is wanted, repeat.
+
+Leike et al. 2018, Sec. 3.1 and 5.6-5.7 in one iteration (one episode):
+
+1. act in the real environment -- random exploration first (already filtered by
+   the configured hard action constraints), then the planning agent, which rejects
+   plans whose imagined futures are unacceptable;
+2. fit the world model on everything seen (warm start);
+3. solicit feedback on real, imagined and synthesised segments;
+4. fit the reward ensemble and the side-constraint classifier (calibrated by split
+   conformal prediction on held-out labels) on every label so far;
+5. log metrics, checkpoint atomically.
+
+The hidden ``true_reward`` / ``unacceptable`` are read only by the synthetic
+teachers and by evaluation (metrics), never by the agent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from constraints.sets import ConstraintSet
+from mbrm.agent import Agent
+from mbrm.checkpoint import load_checkpoint, save_checkpoint
+from mbrm.feedback.store import FeedbackStore
+from mbrm.imagination import ModelImagination, OracleClassifier, learned_reward, oracle_reward
+from mbrm.replay import ReplayBuffer
+from mbrm.solicit import SolicitSettings, imagined_segment, solicit_round, synthesise
+from mbrm.tasks import Task
+from mbrm.world_model import WorldModel
+
+
+@dataclass
+class LoopSettings:
+    """Schedule and budgets of a run (see ``configs/experiment``)."""
+
+    iterations: int = 12  # acting episodes after exploration
+    explore_episodes: int = 4  # random-action episodes first
+    episode_length: int | None = None  # None: the task's default
+    eval_episodes: int = 5  # evaluation episodes at the end
+    particles: int = 10
+    propagation: str = "ts1"
+    dtype: str = "float32"
+    world_model_epochs: int = 40
+    reward_epochs: int = 100
+    classifier_epochs: int = 100
+    calibration_fraction: float = 0.3  # of unacceptable labels held out for the threshold
+    alpha: float = 0.05  # target miss rate of the calibrated classifier
+    imagined_every: int = 5  # keep the planner's best imagined future every k steps
+    frozen_reward_after: int | None = None  # stop updating the reward model after this iteration
+    solicit: SolicitSettings = field(default_factory=SolicitSettings)
+
+
+class Loop:
+    """One training run in ``run_dir``; ``resume=True`` continues from its checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: str | Path,
+        task: Task,
+        seed: int,
+        world_model: WorldModel,
+        planner: Any,
+        constraint_entries: dict | list,
+        reward_model: Any | None,  # None: oracle reward
+        classifier: Any | None,
+        oracle_constraints: bool,
+        preference_teacher: Any | None,  # None: human mode, queries wait in the store
+        unacceptable_teacher: Any | None,
+        settings: LoopSettings,
+        progress: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.task, self.seed, self.settings = task, seed, settings
+        self.world_model, self.planner = world_model, planner
+        self.reward_model, self.classifier = reward_model, classifier
+        self.oracle_constraints = oracle_constraints
+        self.constraint_entries = constraint_entries
+        self.preference_teacher, self.unacceptable_teacher = (
+            preference_teacher,
+            unacceptable_teacher,
+        )
+        self.progress = progress
+        self.length = settings.episode_length or task.episode_length
+        self.store = FeedbackStore(
+            self.run_dir / "feedback.sqlite", state_dim=task.state_dim, action_dim=task.action_dim
+        )
+        self.replay = ReplayBuffer(
+            task.state_dim,
+            task.action_dim,
+            capacity=(settings.iterations + settings.explore_episodes) * self.length + 1,
+        )
+        self.torch_gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.iteration = 0  # next iteration to run
+        self.episodes = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.imagined: list = []  # segments from planning, consumed by each round
+        self.constraint_set = self._build_constraints()
+
+    # ------------------------------------------------------------------ components
+
+    def _signature(self) -> dict[str, Any]:
+        wm = self.world_model
+        return {
+            "task": self.task.name,
+            "state_dim": self.task.state_dim,
+            "action_dim": self.task.action_dim,
+            "world_model": [
+                wm.ensemble_size,
+                wm.num_elites,
+                wm.net.linears[0].out_features,
+                len(wm.net.linears),
+            ],
+            "oracle_reward": self.reward_model is None,
+            "oracle_constraints": self.oracle_constraints,
+        }
+
+    def _build_constraints(self) -> ConstraintSet:
+        """The configured set; the learned entry is left out until the classifier is calibrated."""
+        entries = self.constraint_entries
+        if isinstance(entries, dict):
+            entries = {k: v for k, v in entries.items() if v is not None}
+        clf = OracleClassifier(self.task) if self.oracle_constraints else self.classifier
+        calibrated = clf is not None and getattr(clf, "threshold", None) is not None
+        if not calibrated:
+            if isinstance(entries, dict):
+                entries = {k: v for k, v in entries.items() if v.get("kind") != "learned"}
+            else:
+                entries = [e for e in entries if e.get("kind") != "learned"]
+        return ConstraintSet.from_config(
+            entries,
+            layout=self.task.layout,
+            action_dim=self.task.action_dim,
+            classifier=clf,
+            action_bounds=self.task.action_bounds,
+        )
+
+    def agent(self) -> Agent:
+        reward = (
+            oracle_reward(self.task)
+            if self.reward_model is None
+            else learned_reward(self.reward_model, self.settings.dtype)
+        )
+        imagination = ModelImagination(
+            self.world_model,
+            reward,
+            self.constraint_set,
+            self.settings.particles,
+            self.torch_gen,
+            self.settings.propagation,
+            self.settings.dtype,
+        )
+        return Agent(self.planner, imagination)
+
+    # ------------------------------------------------------------------ acting
+
+    def _random_action(self) -> np.ndarray:
+        """Uniform in the action box, resampled until the hard action constraints hold."""
+        low, high = self.task.action_bounds
+        for _ in range(1000):
+            a = self.rng.uniform(low, high)
+            ev = self.constraint_set.evaluate(
+                torch.zeros(1, 2, self.task.state_dim), torch.as_tensor(a[None, None])
+            )
+            acts_ok = all(
+                float(v.max()) <= 0.5
+                for n, v in ev.violations.items()
+                if not self.constraint_set.entries[self.constraint_set.names.index(n)].uses_states
+            )
+            if acts_ok:
+                return a
+        raise RuntimeError(
+            "no random action satisfies the configured action constraints after 1000 tries"
+        )
+
+    def run_episode(self, agent: Agent | None, *, seed: int, record: bool = True) -> dict[str, Any]:
+        """One episode; ``agent=None`` acts randomly. Evaluation figures use the hidden task functions."""
+        env = self.task.make_env(seed)
+        s, _ = env.reset(seed=seed)
+        states, actions = [s], []
+        stats = {"blocked": {}, "no_safe_plan": 0, "plan_seconds": [], "predicted": []}
+        if agent is not None:
+            agent.reset()
+        for t in range(self.length):
+            if agent is None:
+                a = self._random_action()
+            else:
+                a, info = agent.act(s, self.torch_gen)
+                plan = info.plan
+                stats["no_safe_plan"] += int(info.no_safe_plan)
+                stats["plan_seconds"].append(info.seconds)
+                for name, n in plan.rejected_by.items():
+                    stats["blocked"][name] = stats["blocked"].get(name, 0) + n
+                if record and t % self.settings.imagined_every == 0:
+                    self.imagined.append(
+                        imagined_segment(
+                            plan.top_states, plan.top_actions, self.settings.solicit.segment_length
+                        )
+                    )
+            s2, _, terminated, truncated, _ = env.step(a)
+            if record:
+                self.replay.add(s, a, s2, self.episodes, t)
+            states.append(s2)
+            actions.append(a)
+            s = s2
+            if terminated or truncated:
+                break
+        env.close()
+        S, A = np.array(states), np.array(actions)
+        out = {
+            "true_return": float(self.task.true_reward(S[:-1], A, S[1:]).sum()),
+            "unacceptable_steps": int(self.task.unacceptable(S[1:]).sum()),
+            "steps": len(A),
+            "no_safe_plan": stats["no_safe_plan"],
+            "blocked": stats["blocked"],
+            "plan_seconds": float(np.median(stats["plan_seconds"]))
+            if stats["plan_seconds"]
+            else 0.0,
+        }
+        if self.reward_model is not None and self.reward_model.fitted:
+            mean, _ = self.reward_model.predict(
+                torch.as_tensor(S[:-1], dtype=torch.float32),
+                torch.as_tensor(A, dtype=torch.float32),
+            )
+            out["predicted_return"] = float(mean.sum())
+        if record:
+            self.episodes += 1
+        return out
+
+    # ------------------------------------------------------------------ learning
+
+    def fit_models(self) -> dict[str, Any]:
+        s = self.settings
+        out: dict[str, Any] = {}
+        wm_rep = self.world_model.fit(
+            *self.replay.arrays(), generator=self.torch_gen, max_epochs=s.world_model_epochs
+        )
+        out["wm_holdout_mse"] = wm_rep.holdout_mse[-1] if wm_rep.holdout_mse else float("nan")
+        frozen = s.frozen_reward_after is not None and self.iteration > s.frozen_reward_after
+        pairs = [p for p in self.store.preference_pairs() if p[2].target is not None]
+        if self.reward_model is not None and pairs and not frozen:
+            self.reward_model.fit(pairs, generator=self.torch_gen, epochs=s.reward_epochs)
+        if self.classifier is not None:
+            states, flags = self.store.unacceptable_states()
+            # split conformal needs ceil(1/alpha - 1) held-out positives; until then the
+            # learned entry stays inactive (logged as classifier_positives)
+            need = math.ceil(1 / s.alpha - 1)
+            n_pos = int(flags.sum())
+            out["classifier_positives"] = n_pos
+            n_cal_pos = max(int(n_pos * s.calibration_fraction), need)
+            if n_pos - n_cal_pos >= 4 and (~flags).sum() >= 8:
+                idx = self.rng.permutation(len(flags))
+                pos, neg = idx[flags[idx]], idx[~flags[idx]]
+                n_cal_neg = int(len(neg) * s.calibration_fraction)
+                cal = np.concatenate([pos[:n_cal_pos], neg[:n_cal_neg]])
+                train = np.concatenate([pos[n_cal_pos:], neg[n_cal_neg:]])
+                self.classifier.fit(
+                    states[train],
+                    flags[train],
+                    generator=self.torch_gen,
+                    epochs=s.classifier_epochs,
+                )
+                out["threshold"] = self.classifier.calibrate(states[cal], flags[cal], alpha=s.alpha)
+        self.constraint_set = self._build_constraints()
+        return out
+
+    def evaluate_models(self) -> dict[str, Any]:
+        """Held-out figures of the learned models on the agent's own data (evaluation only)."""
+        from mbrm.feedback.teachers import PreferenceTeacher
+        from mbrm.reward_model import preference_accuracy, reward_spearman
+
+        out: dict[str, Any] = {}
+        if self.reward_model is not None and self.reward_model.fitted and len(self.replay) > 50:
+            segs = self.replay.sample_segments(200, self.settings.solicit.segment_length, self.rng)
+            oracle = PreferenceTeacher(self.task, seed=int(self.rng.integers(1 << 31)))
+            pairs = [
+                (a, b, oracle.answer(a, b)) for a, b in zip(segs[::2], segs[1::2], strict=False)
+            ]
+            out["reward_accuracy"] = preference_accuracy(self.reward_model, pairs)
+            s, a, s2 = self.replay.arrays()
+            pick = self.rng.choice(len(s), min(len(s), 2000), replace=False)
+            out["reward_spearman"] = reward_spearman(
+                self.reward_model, self.task, s[pick], a[pick], s2[pick]
+            )
+        if self.classifier is not None and self.classifier.threshold is not None:
+            s, _, _ = self.replay.arrays()
+            flags = self.task.unacceptable(s)
+            if flags.any():
+                ev = self.classifier.evaluate(s, flags)
+                out["classifier_recall"] = ev["recall"]
+                out["classifier_fnr"] = ev["false_negative_rate"]
+        return out
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        s = self.settings
+        total = s.explore_episodes + s.iterations
+        bar = tqdm(
+            total=total,
+            initial=self.iteration,
+            desc=f"{self.task.name} seed {self.seed}",
+            disable=not self.progress,
+        )
+        while self.iteration < total:
+            t0 = time.perf_counter()
+            exploring = self.iteration < s.explore_episodes
+            agent = None if exploring else self.agent()
+            ep = self.run_episode(agent, seed=self.seed * 100_003 + self.iteration)
+            fit = {}
+            if not exploring or self.iteration == s.explore_episodes - 1:
+                fit = self.fit_models()  # the world model is needed to synthesise queries
+                rnd = self.solicit()
+                fit.update(self.fit_models() if rnd.preferences + rnd.unacceptable else {})
+            row = {
+                "iteration": self.iteration,
+                "phase": "explore" if exploring else "act",
+                "env_steps": len(self.replay),
+                **{k: v for k, v in ep.items() if k != "blocked"},
+                "blocked": sum(ep["blocked"].values()),
+                **{f"blocked_by_{k}": v for k, v in ep["blocked"].items()},
+                **{f"labels_{k}": v for k, v in self.store.label_counts("source").items()},
+                "labels": sum(self.store.label_counts("kind").values()),
+                **fit,
+                **self.evaluate_models(),
+                "seconds": time.perf_counter() - t0,
+            }
+            self.metrics.append(row)
+            self.iteration += 1
+            self._write_metrics()
+            self.save()
+            bar.set_postfix(
+                R=f"{ep['true_return']:.1f}", unacc=ep["unacceptable_steps"], labels=row["labels"]
+            )
+            bar.update(1)
+        bar.close()
+        return self.final_evaluation()
+
+    def solicit(self):
+        s = self.settings.solicit
+        pool = list(self.imagined)
+        self.imagined.clear()
+        pool += self.replay.sample_segments(s.real_candidates, s.segment_length, self.rng)
+        if s.synthesised and self.reward_model is not None and self.reward_model.fitted:
+            starts = self.replay.arrays()[0][
+                self.rng.choice(len(self.replay), s.synthesised, replace=False)
+            ]
+            imagination = self.agent().imagination
+            half = s.synthesised // 2
+            for objective, st in (
+                ("uncertainty", starts[: s.synthesised - half]),
+                ("min_reward", starts[s.synthesised - half :]),
+            ):
+                pool += synthesise(
+                    self.planner,
+                    imagination,
+                    st,
+                    objective=objective,
+                    reward_model=self.reward_model,
+                    classifier=self.classifier
+                    if (self.classifier is not None and self.classifier.threshold is not None)
+                    else None,
+                    realism=s.realism,
+                    length=s.segment_length,
+                    generator=self.torch_gen,
+                )
+        return solicit_round(
+            store=self.store,
+            pool=pool,
+            settings=s,
+            round_index=self.iteration,
+            rng=self.rng,
+            reward_model=self.reward_model
+            if (self.reward_model is not None and self.reward_model.fitted)
+            else None,
+            classifier=self.classifier
+            if (self.classifier is not None and self.classifier.threshold is not None)
+            else None,
+            preference_teacher=self.preference_teacher,
+            unacceptable_teacher=self.unacceptable_teacher,
+            replay=self.replay,
+        )
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Evaluation episodes with the final agent, a random policy and (same world model) the oracle."""
+        s = self.settings
+        seeds = [10_000_000 + self.seed * 1000 + i for i in range(s.eval_episodes)]
+        agent = self.agent()
+        learned = [
+            self.run_episode(agent, seed=k, record=False)
+            for k in tqdm(seeds, desc="evaluate", disable=not self.progress)
+        ]
+        random = [self.run_episode(None, seed=k, record=False) for k in seeds]
+        oracle_loop_reward, oracle_clf = self.reward_model, self.oracle_constraints
+        self.reward_model, self.oracle_constraints = None, True
+        self.constraint_set = self._build_constraints()
+        oracle = [
+            self.run_episode(self.agent(), seed=k, record=False)
+            for k in tqdm(seeds, desc="oracle", disable=not self.progress)
+        ]
+        self.reward_model, self.oracle_constraints = oracle_loop_reward, oracle_clf
+        self.constraint_set = self._build_constraints()
+
+        def mean(rows, k):
+            return float(np.mean([r[k] for r in rows]))
+
+        R, R_rand, R_orc = (
+            mean(learned, "true_return"),
+            mean(random, "true_return"),
+            mean(oracle, "true_return"),
+        )
+        summary = {
+            "task": self.task.name,
+            "seed": self.seed,
+            "env_steps": len(self.replay),
+            "labels": self.store.label_counts("kind"),
+            "labels_by_source": self.store.label_counts("source"),
+            "eval_return": R,
+            "random_return": R_rand,
+            "oracle_return": R_orc,
+            "normalised_score": (R - R_rand) / (R_orc - R_rand)
+            if R_orc != R_rand
+            else float("nan"),
+            "eval_unacceptable_steps": int(sum(r["unacceptable_steps"] for r in learned)),
+            "oracle_unacceptable_steps": int(sum(r["unacceptable_steps"] for r in oracle)),
+            "random_unacceptable_steps": int(sum(r["unacceptable_steps"] for r in random)),
+            "train_unacceptable_steps": int(sum(m["unacceptable_steps"] for m in self.metrics)),
+            "plan_seconds_per_step": mean(learned, "plan_seconds"),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # ------------------------------------------------------------------ persistence
+
+    def _write_metrics(self) -> None:
+        keys: list[str] = []
+        for row in self.metrics:
+            keys += [k for k in row if k not in keys]
+        tmp = self.run_dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.metrics)
+        tmp.replace(self.run_dir / "metrics.csv")
+
+    def save(self) -> None:
+        self.replay.save(self.run_dir / "replay.npz")
+        payload = {
+            "world_model": self.world_model.state_dict(),
+            "reward_model": self.reward_model.state_dict() if self.reward_model is not None else {},
+            "classifier": self.classifier.state_dict() if self.classifier is not None else {},
+            "loop": {
+                "iteration": self.iteration,
+                "episodes": self.episodes,
+                "metrics": json.dumps(self.metrics),
+            },
+            "rng": {
+                "torch": self.torch_gen.get_state(),
+                "numpy": json.dumps(self.rng.bit_generator.state),
+            },
+            "settings": json.dumps(asdict(self.settings)),
+        }
+        save_checkpoint(self.run_dir / "checkpoint.pt", payload, self._signature())
+
+    def resume(self) -> None:
+        """Continue from ``run_dir``'s checkpoint; labels are in the store already."""
+        ckpt = load_checkpoint(self.run_dir / "checkpoint.pt", self._signature())
+        self.world_model.load_state_dict(ckpt["world_model"])
+        if self.reward_model is not None and ckpt["reward_model"]:
+            self.reward_model.load_state_dict(ckpt["reward_model"])
+        if self.classifier is not None and ckpt["classifier"]:
+            self.classifier.load_state_dict(ckpt["classifier"])
+        self.iteration = int(ckpt["loop"]["iteration"])
+        self.episodes = int(ckpt["loop"]["episodes"])
+        self.metrics = json.loads(ckpt["loop"]["metrics"])
+        self.torch_gen.set_state(ckpt["rng"]["torch"])
+        self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])
+        self.replay = ReplayBuffer.load(self.run_dir / "replay.npz")
+        self.constraint_set = self._build_constraints()

@@ -1,0 +1,175 @@
+"""The closed loop end to end, with tiny models: every task x planner, blindness,
+kill and resume, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mbrm.cli import CONFIG_DIR, build_loop
+from mbrm.tasks import TASKS
+
+TINY = [
+    "progress=false",
+    "world_model.ensemble_size=2",
+    "world_model.elites=2",
+    "world_model.hidden=16",
+    "world_model.layers=1",
+    "reward_model.hidden=16",
+    "reward_model.layers=1",
+    "reward_model.ensemble_size=2",
+    "classifier.hidden=16",
+    "classifier.layers=1",
+    "classifier.ensemble_size=2",
+    "task.episode_length=12",
+    "experiment.iterations=1",
+    "experiment.explore_episodes=1",
+    "experiment.eval_episodes=1",
+    "experiment.particles=2",
+    "experiment.world_model_epochs=2",
+    "experiment.reward_epochs=2",
+    "experiment.classifier_epochs=2",
+    "experiment.imagined_every=3",
+    "experiment.solicit.segment_length=4",
+    "experiment.solicit.real_candidates=6",
+    "experiment.solicit.synthesised=2",
+    "experiment.solicit.unacceptable=2",
+    "experiment.solicit.preferences={disagreement: 2, novelty: 1, min_reward: 1}",
+]
+PLANNER = {
+    "cem": [
+        "planner.population=12",
+        "planner.elites=3",
+        "planner.iterations=2",
+        "planner.horizon=4",
+    ],
+    "icem": [
+        "planner.population=12",
+        "planner.elites=3",
+        "planner.iterations=2",
+        "planner.horizon=4",
+    ],
+    "mcts": ["planner.simulations=16", "planner.batch_size=8", "planner.horizon=4"],
+}
+
+
+def tiny_cfg(task: str = "reacher_keepout", planner: str = "cem", *extra: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[f"task={task}", f"planner={planner}", *TINY, *PLANNER[planner], *extra],
+        )
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from omegaconf import OmegaConf
+
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return build_loop(cfg, run_dir).run()
+
+
+@pytest.mark.parametrize("planner", sorted(PLANNER))
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_and_planner_runs_end_to_end(task, planner, tmp_path):
+    summary = run(tiny_cfg(task, planner), tmp_path)
+    assert summary["env_steps"] == 2 * 12
+    assert np.isfinite(summary["eval_return"]) and np.isfinite(summary["oracle_return"])
+    assert sum(summary["labels"].values()) > 0
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["task"] == task
+
+
+def test_agent_is_blind_to_the_hidden_objective(tmp_path, monkeypatch):
+    """true_reward / unacceptable raise inside agent.act and planning; the loop still runs."""
+    cfg = tiny_cfg("reacher_keepout", "cem", "experiment.iterations=2")
+    loop = build_loop(cfg, tmp_path)
+    from mbrm import agent as agent_mod
+
+    task = loop.task
+    original_act = agent_mod.Agent.act
+    calls = {"act": 0}
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("the agent read the hidden objective")
+
+    def guarded_act(self, state, generator):
+        calls["act"] += 1
+        with monkeypatch.context() as m:
+            m.setattr(type(task), "true_reward", forbidden)
+            m.setattr(type(task), "unacceptable", forbidden)
+            m.setattr(type(task), "reward_fn", property(forbidden), raising=False)
+            return original_act(self, state, generator)
+
+    monkeypatch.setattr(agent_mod.Agent, "act", guarded_act)
+    loop.settings.eval_episodes = 0
+    # the final evaluation includes the oracle agent, which may read them by design
+    monkeypatch.setattr(type(loop), "final_evaluation", lambda self: {})
+    loop.run()
+    assert calls["act"] >= 2 * 12
+
+
+def test_kill_and_resume_keeps_every_label(tmp_path):
+    cfg = tiny_cfg("reacher_keepout", "cem", "experiment.iterations=3")
+    loop = build_loop(cfg, tmp_path)
+
+    class Killed(Exception):
+        pass
+
+    original = type(loop).solicit
+    state = {"rounds": 0}
+
+    def solicit_then_die(self):
+        out = original(self)
+        state["rounds"] += 1
+        if state["rounds"] == 3:  # after labels are stored, before the checkpoint
+            raise Killed
+        return out
+
+    type(loop).solicit = solicit_then_die
+    try:
+        with pytest.raises(Killed):
+            loop.run()
+    finally:
+        type(loop).solicit = original
+    labels_before = sum(loop.store.label_counts("kind").values())
+    assert labels_before > 0
+    from omegaconf import OmegaConf
+
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    resumed = build_loop(cfg, tmp_path)
+    resumed.resume()
+    assert resumed.iteration == 2
+    assert sum(resumed.store.label_counts("kind").values()) == labels_before
+    summary = resumed.run()
+    assert summary["env_steps"] == 4 * 12
+    assert sum(summary["labels"].values()) >= labels_before
+
+
+def test_same_seed_same_run(tmp_path):
+    a = run(tiny_cfg("inverted_pendulum", "cem"), tmp_path / "a")
+    b = run(tiny_cfg("inverted_pendulum", "cem"), tmp_path / "b")
+    run(tiny_cfg("inverted_pendulum", "cem", "seed=1"), tmp_path / "c")
+    for key in ("eval_return", "oracle_return", "labels", "env_steps"):
+        assert a[key] == b[key], key
+    ra = np.load(tmp_path / "a" / "replay.npz")["states"]
+    rb = np.load(tmp_path / "b" / "replay.npz")["states"]
+    np.testing.assert_array_equal(ra, rb)
+    assert not np.array_equal(ra, np.load(tmp_path / "c" / "replay.npz")["states"])
+
+
+def test_checkpoint_of_another_task_is_refused(tmp_path):
+    run(tiny_cfg("inverted_pendulum", "cem"), tmp_path)
+    other = build_loop(tiny_cfg("hopper_safe", "cem"), tmp_path / "other")
+    (tmp_path / "other").mkdir(exist_ok=True)
+    import shutil
+
+    shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "other" / "checkpoint.pt")
+    from mbrm.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="another task or model size"):
+        other.resume()
