@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
             from mbrm.report import write_report
 
             print(f"mbrm: report written to {write_report(run_dir)}")
+    elif cmd == "label":
+        from mbrm.labeling.server import main as label_main
+
+        label_main(rest)
     elif cmd == "options":
         _options()
     else:
