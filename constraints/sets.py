@@ -1,7 +1,8 @@
 """Constraint sets: the side-constraints a user configures, one named entry each.
 
 A :class:`ConstraintSet` combines entries of five kinds (Leike et al. 2018,
-Sec. 5.6: side-constraints that block actions rather than penalise them):
+Sec. 4.4 and 5.7: side-constraints that block unacceptable outcomes rather than
+penalise them):
 
 * ``learned``         the side-constraint classifier with its calibrated threshold;
 * ``state_bounds``    lower/upper bounds on named state dimensions;
@@ -23,7 +24,11 @@ Normalisation contract with the planners
     * hard entries report 0.0 (satisfied, boundary included) or 1.0 (violated);
     * a ``learned`` entry with threshold ``tau`` reports
       ``sigmoid(logit(p) - logit(tau))``, a monotone logit shift that maps ``tau``
-      to 0.5 (``p = p_mean + kappa * p_std``, clamped to [0, 1]);
+      to 0.5 (``p = p_mean + kappa * p_std``, clamped to [0, 1]). The classifier
+      flags ``p >= tau``, so a tie is a violation: it reports 0.5 + 1 ulp, and the
+      side of 0.5 always follows ``p >= tau`` exactly (float rounding cannot move
+      it). ``tau = 0`` or ``1`` (a calibrated score can be exactly 0 or 1 in
+      float32) reports the limits of the shift, 1.0 where ``p >= tau``, else 0.0;
     * the combined ``p_unacceptable`` is the maximum over entries, and the per-entry
       values (name -> ``[..., H]``) are returned too, so a rejection names its entry.
 
@@ -55,6 +60,7 @@ import torch
 from mbrm.tasks import StateLayout
 
 KINDS = ("learned", "state_bounds", "linear", "action_box", "action_polytope")
+_JUST_ABOVE_HALF = float(np.nextafter(np.float32(0.5), np.float32(1.0)))  # 0.5 + 1 ulp
 
 
 class ConfigError(ValueError):
@@ -98,18 +104,25 @@ class LearnedEntry:
                 f"constraint entry {self.name!r}: the classifier is not calibrated "
                 "(threshold is None); calibrate it or give a fixed `threshold`"
             )
-        if not 0.0 < float(tau) < 1.0:
-            raise RuntimeError(f"constraint entry {self.name!r}: threshold {tau} is outside (0, 1)")
+        if not 0.0 <= float(tau) <= 1.0:  # NaN fails too
+            raise RuntimeError(f"constraint entry {self.name!r}: threshold {tau} is outside [0, 1]")
         return float(tau)
 
     def evaluate(self, next_states: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         tau = self.tau()
         p_mean, p_std = self.classifier.predict(next_states, dtype=self.dtype)
         p = p_mean.float() + self.kappa * p_std.float() if self.kappa else p_mean.float()
-        p = p.clamp(0.0, 1.0)  # clamp keeps NaN
-        # sigmoid(logit(p) - logit(tau)) in a form that is exact at p = 0 and p = 1.
-        num = p * (1.0 - tau)
-        return num / (num + (1.0 - p) * tau)
+        p = p.clamp(0.0, 1.0)  # [..., H]; clamp keeps NaN
+        if 0.0 < tau < 1.0:
+            # sigmoid(logit(p) - logit(tau)) in a form that is exact at p = 0 and p = 1.
+            num = p * (1.0 - tau)
+            q = num / (num + (1.0 - p) * tau)
+        else:  # the shift's limits: tau = 0 flags everything, tau = 1 only p = 1
+            q = (p >= tau).to(p.dtype)
+        # A tie is a violation, as in the classifier's own rule (p >= tau); rounding
+        # must not move a score across 0.5, so that comparison picks the side of 0.5.
+        q = torch.where(p >= tau, q.clamp(min=_JUST_ABOVE_HALF), q.clamp(max=0.5))
+        return torch.where(p.isnan(), p, q)
 
 
 @dataclass(frozen=True, eq=False)

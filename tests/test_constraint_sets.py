@@ -151,6 +151,27 @@ def test_learned_entry_logit_shift_maps_threshold_to_half():
     assert torch.equal(shifted > 0.5, grid > 0.3)
 
 
+def test_learned_entry_ties_and_extreme_thresholds_follow_p_at_least_tau():
+    clf = FakeClassifier(threshold=0.3)
+    cs = make({"clf": {"kind": "learned"}}, classifier=clf)
+    tau32 = float(torch.tensor(0.3))  # a calibrated threshold is a float32 score
+    clf.threshold = tau32
+    p = torch.tensor([tau32, float(np.nextafter(np.float32(tau32), np.float32(0)))])
+    got = cs.evaluate(torch.stack([p, 0 * p, 0 * p], -1)).p_unacceptable
+    assert got[0] > 0.5 and got[1] <= 0.5  # the tie is rejected, one ulp below is not
+    p = torch.tensor([0.0, 0.5, 1.0 - 1e-7, 1.0, math.nan])
+    states = torch.stack([p, 0 * p, 0 * p], -1)
+    clf.threshold = 1.0
+    v = cs.evaluate(states).violations["clf"]
+    assert v[:4].tolist() == [0.0, 0.0, 0.0, 1.0] and v[4].isnan()
+    clf.threshold = 0.0
+    v = cs.evaluate(states).violations["clf"]
+    assert v[:4].tolist() == [1.0, 1.0, 1.0, 1.0] and v[4].isnan()
+    clf.threshold = 1.5
+    with pytest.raises(RuntimeError, match=r"'clf': threshold 1.5 is outside \[0, 1\]"):
+        cs.evaluate(states)
+
+
 def test_learned_entry_threshold_override_kappa_and_dtype():
     clf = FakeClassifier(threshold=0.9)
     cs = make(
@@ -448,3 +469,26 @@ def test_hydra_group_selection_override_add_and_remove():
         OmegaConf.to_container(none.constraints.entries), layout=task.layout, action_dim=6
     )
     assert len(empty) == 0
+
+
+def test_learned_entry_rejects_exactly_what_the_real_classifier_flags(torch_gen):
+    from constraints.classifier import ConstraintClassifier
+
+    task = get_task("half_cheetah_safe")
+    clf = ConstraintClassifier(task.state_dim, input_mask=task.layout.input_mask, seed=0)
+    entries = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/half_cheetah_safe.yaml"))
+    cs = ConstraintSet.from_config(
+        entries["entries"], layout=task.layout, action_dim=6, classifier=clf,
+        action_bounds=task.action_bounds,
+    )  # fmt: skip
+    states = torch.randn(2, 64, task.state_dim, generator=torch_gen) * 3.0  # [2, 64, S]
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        cs.evaluate(states[0])
+    labels = torch.ones(64, dtype=torch.bool)  # untrained scores: any labels calibrate
+    clf.calibrate(states[0], labels, alpha=cs.learned[0].alpha)
+    ev = cs.evaluate(states[1])
+    assert torch.equal(ev.violations["unacceptable"] > 0.5, clf.flags(states[1]))
+    # the calibration states themselves: the k-th smallest score is a tie, rejected
+    ev = cs.evaluate(states[0])
+    assert torch.equal(ev.violations["unacceptable"] > 0.5, clf.flags(states[0]))
+    assert int((ev.violations["unacceptable"] > 0.5).sum()) == 64 - clf.calibration.rank + 1
