@@ -365,3 +365,35 @@ def test_filtering_twice_equals_filtering_once(p):
     twice = filt(p["state"], once.action)
     np.testing.assert_allclose(twice.action, once.action, atol=1e-6)
     assert twice.status == "already_safe"
+
+
+def test_world_model_mean_next_state_as_dynamics():
+    from mbrm.world_model import WorldModel
+
+    layout = StateLayout(("qpos.x", "qpos.y", "qvel.x", "qvel.y"), 2, 2, (), DT)
+    model = WorldModel(4, 2, ensemble_size=3, elites=2, hidden=16, layers=2, seed=0).eval()
+    s = torch.tensor([0.1, -0.2, 0.3, 0.0])
+    plan = torch.tensor([0.8, -0.6])
+    with torch.no_grad():
+        v_next = float(model.mean_next_state(s[None], plan[None])[0, 2])
+    cs = ConstraintSet.from_config(
+        {
+            "speed": {"kind": "state_bounds", "dims": ["qvel.x"], "upper": v_next - 0.01},
+            "box": {"kind": "action_box", "low": -1.0, "high": 1.0},
+        },
+        layout=layout,
+        action_dim=2,
+    )
+    filt = QPFilter(cs, model.mean_next_state)
+    M, r = filt.linearise(s, plan)
+    J = torch.autograd.functional.jacobian(
+        lambda a: model.mean_next_state(s[None], a[None])[0], plan
+    )  # [S, A]
+    np.testing.assert_allclose(M[0], J[2].numpy(), rtol=1e-5, atol=1e-6)
+    # at the plan the linearised row reads the model's own prediction: M a - r = v' - bound
+    np.testing.assert_allclose(M[0] @ plan.numpy() - r[0], 0.01, atol=1e-5)
+    with torch.no_grad():  # the filter differentiates even when called under no_grad
+        res = filt(s, plan)
+    assert res.status in ("optimal", "infeasible") and res.changed
+    if res.status == "optimal":
+        assert res.violation <= 1e-6 and "speed[qvel.x <= " in res.active[0]
