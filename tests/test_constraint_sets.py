@@ -492,3 +492,23 @@ def test_learned_entry_rejects_exactly_what_the_real_classifier_flags(torch_gen)
     ev = cs.evaluate(states[0])
     assert torch.equal(ev.violations["unacceptable"] > 0.5, clf.flags(states[0]))
     assert int((ev.violations["unacceptable"] > 0.5).sum()) == 64 - clf.calibration.rank + 1
+
+
+@pytest.mark.parametrize(
+    "task_name", ["inverted_pendulum", "reacher_keepout", "half_cheetah_safe", "hopper_safe"]
+)
+def test_oracle_set_rejects_exactly_the_hidden_unacceptable_states(task_name, rng):
+    from mbrm.imagination import OracleClassifier
+
+    task = get_task(task_name)
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/oracle.yaml"))
+    assert cfg["oracle"] is True
+    cs = ConstraintSet.from_config(
+        cfg["entries"], layout=task.layout, action_dim=task.action_dim,
+        classifier=OracleClassifier(task), action_bounds=task.action_bounds,
+    )  # fmt: skip
+    states = rng.uniform(-4.0, 4.0, size=(2000, 2, task.state_dim))  # [N, H+1, S], H = 1
+    hidden = task.unacceptable(states[:, 1])
+    assert 0 < hidden.sum() < len(hidden)  # both outcomes occur
+    ev = cs.evaluate(torch.as_tensor(states), torch.zeros(2000, 1, task.action_dim))
+    assert np.array_equal((ev.p_unacceptable[:, 0] > 0.5).numpy(), hidden)
