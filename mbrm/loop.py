@@ -58,6 +58,9 @@ class LoopSettings:
     alpha: float = 0.05  # target miss rate of the calibrated classifier
     imagined_every: int = 5  # keep the planner's best imagined future every k steps
     frozen_reward_after: int | None = None  # stop updating the reward model after this iteration
+    human_wait_seconds: float = (
+        0.0  # human mode: wait this long for the queue to be labelled (0: go on)
+    )
     solicit: SolicitSettings = field(default_factory=SolicitSettings)
 
 
@@ -109,6 +112,7 @@ class Loop:
         self.metrics: list[dict[str, Any]] = []
         self.imagined: list = []  # segments from planning, consumed by each round
         self.constraint_set = self._build_constraints()
+        self._tb = None  # TensorBoard writer, opened with the first metrics row
 
     # ------------------------------------------------------------------ components
 
@@ -377,7 +381,7 @@ class Loop:
                     length=s.segment_length,
                     generator=self.torch_gen,
                 )
-        return solicit_round(
+        report = solicit_round(
             store=self.store,
             pool=pool,
             settings=s,
@@ -393,6 +397,21 @@ class Loop:
             unacceptable_teacher=self.unacceptable_teacher,
             replay=self.replay,
         )
+        if report.pending and self.settings.human_wait_seconds > 0:
+            self._wait_for_labels(self.settings.human_wait_seconds)
+        return report
+
+    def _wait_for_labels(self, seconds: float) -> None:
+        """Human mode: pause until the queue is labelled or ``seconds`` pass, then go on."""
+        deadline = time.monotonic() + seconds
+        bar = tqdm(desc="waiting for labels (mbrm label RUN_DIR)", disable=not self.progress)
+        while time.monotonic() < deadline:
+            pending = self.store.count_queries("pending")
+            bar.set_postfix(pending=pending)
+            if pending == 0:
+                break
+            time.sleep(2.0)
+        bar.close()
 
     def final_evaluation(self) -> dict[str, Any]:
         """Evaluation episodes with the final agent, a random policy and (same world model) the oracle."""
@@ -446,6 +465,15 @@ class Loop:
     # ------------------------------------------------------------------ persistence
 
     def _write_metrics(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._tb is None:
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        row = self.metrics[-1]
+        for k, v in row.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "iteration":
+                self._tb.add_scalar(k, v, row["iteration"])
+        self._tb.flush()
         keys: list[str] = []
         for row in self.metrics:
             keys += [k for k in row if k not in keys]
