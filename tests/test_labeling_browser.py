@@ -73,7 +73,7 @@ def test_label_three_queries_with_the_keyboard(tmp_path):
 
     errors: list[str] = []
     with (
-        LabelServer(run, annotator="ada", clip_size=(200, 200), fps=10) as server,
+        LabelServer(run, annotator="ada", clip_size=(240, 240), fps=10) as server,
         sync_playwright() as pw,
     ):
         browser = pw.chromium.launch(executable_path=str(browser_path), args=FLAGS, headless=True)

@@ -743,7 +743,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-assist", action="store_true", help="do not load the run's models")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--verbose", action="store_true", help="print every request")
+    p.add_argument(
+        "--make-sample",
+        action="store_true",
+        help="first create a small sample run in RUN_DIR (real and imagined reacher clips)",
+    )
     a = p.parse_args(argv)
+    if a.make_sample:
+        from mbrm.labeling.sample import make_sample_run
+
+        try:
+            make_sample_run(a.run_dir)
+        except FileExistsError as e:
+            raise SystemExit(f"mbrm label: {e}") from e
+        print(f"mbrm label: sample run written to {a.run_dir}")
     try:
         server = LabelServer(
             a.run_dir,
