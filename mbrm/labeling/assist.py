@@ -89,7 +89,10 @@ class Assistant:
             loop.store.close()  # the server keeps its own connections
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
             self._reward_model = self._classifier = None
-            self._reason = f"the run's models could not be loaded: {type(e).__name__}: {e}"
+            detail = str(e).splitlines()[0] if str(e) else ""
+            if len(detail) > 160:  # a state_dict mismatch lists every tensor
+                detail = detail[:157] + "..."
+            self._reason = f"the run's models could not be loaded ({type(e).__name__}: {detail})"
             return
         rm, clf = loop.reward_model, loop.classifier
         self._reward_model = rm if rm is not None and rm.fitted else None

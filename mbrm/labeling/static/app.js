@@ -287,8 +287,7 @@ function buildClip(seg) {
   title.className = "clip-title";
   const name = seg.side === "segment" ? "Clip" : seg.side === "left" ? "Left" : "Right";
   const kind = seg.imagined ? seg.source : "real";
-  title.innerHTML = `<span>${name}</span><span class="badge ${kind}">${kind}</span>` +
-    `<span class="badge risky">risky frame</span>`;
+  title.innerHTML = `<span>${name}</span><span class="badge ${kind}">${kind}</span>`;
   const screen = document.createElement("div");
   screen.className = "screen";
   const canvas = document.createElement("canvas");
@@ -298,7 +297,10 @@ function buildClip(seg) {
   const loading = document.createElement("div");
   loading.className = "loading";
   loading.textContent = "rendering…";
-  screen.append(canvas, loading);
+  const risky = document.createElement("span");
+  risky.className = "badge risky";
+  risky.textContent = "risky frame";
+  screen.append(canvas, loading, risky);
   const mark = document.createElement("div");
   mark.className = "mark";
   const assist = document.createElement("div");
@@ -313,7 +315,7 @@ function buildClip(seg) {
   box.append(title, screen, mark, assist);
   return {
     seg, box, canvas, loading, plot, sum, mark, frames: null, assist: null,
-    riskyBadge: title.querySelector(".badge.risky"),
+    riskyBadge: risky,
   };
 }
 
