@@ -19,9 +19,11 @@ demo: $(STAMP)
 	$(BIN)/mbrm demo
 
 test: $(STAMP)
+	bash scripts/ensure_browser.sh
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
+	bash scripts/ensure_browser.sh
 	$(BIN)/python -m pytest -q -m ''
 
 lint: $(STAMP)
@@ -34,6 +36,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/world_model.py
+	$(BIN)/python benchmarks/planner.py --dtype float32
+	$(BIN)/python benchmarks/qp_filter.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

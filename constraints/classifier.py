@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from mbrm.nn import (
     EnsembleMLP,
     Normalizer,
+    StateFeatures,
     bootstrap_indices,
     inference_copy,
     minibatches,
@@ -41,6 +42,7 @@ class _ClassifierNet(nn.Module):
     def __init__(
         self,
         input_mask: np.ndarray,
+        periodic_mask: np.ndarray | None,
         ensemble_size: int,
         hidden: int,
         layers: int,
@@ -48,8 +50,8 @@ class _ClassifierNet(nn.Module):
         generator: torch.Generator,
     ) -> None:
         super().__init__()
-        in_dim = int(input_mask.sum())
-        self.register_buffer("state_index", torch.as_tensor(np.flatnonzero(input_mask)))
+        self.state_features = StateFeatures(input_mask, periodic_mask)
+        in_dim = self.state_features.out_dim
         self.normalizer = Normalizer(in_dim)
         self.mlp = EnsembleMLP(
             ensemble_size,
@@ -63,7 +65,7 @@ class _ClassifierNet(nn.Module):
 
     def features(self, states: torch.Tensor) -> torch.Tensor:
         """states [B, S] -> normalised inputs [B, in] (float32)."""
-        return self.normalizer(states.float()[:, self.state_index])
+        return self.normalizer(self.state_features(states.float()))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [E, B, in] or [B, in] (shared by all members) -> logits [E, B] (float32)."""
@@ -134,6 +136,7 @@ class ConstraintClassifier:
         state_dim: int,
         *,
         input_mask: np.ndarray | None = None,
+        periodic_mask: np.ndarray | None = None,
         ensemble_size: int = 5,
         hidden: int = 64,
         layers: int = 2,
@@ -158,13 +161,18 @@ class ConstraintClassifier:
         self._config = {
             "state_dim": state_dim,
             "input_mask": self.input_mask.tolist(),
+            "periodic_mask": None
+            if periodic_mask is None
+            else np.asarray(periodic_mask, bool).tolist(),
             "ensemble_size": ensemble_size,
             "hidden": hidden,
             "layers": layers,
             "activation": activation,
         }
         gen = torch.Generator().manual_seed(int(seed))
-        self.net = _ClassifierNet(self.input_mask, ensemble_size, hidden, layers, activation, gen)
+        self.net = _ClassifierNet(
+            self.input_mask, periodic_mask, ensemble_size, hidden, layers, activation, gen
+        )
         self.optimizer = torch.optim.AdamW(
             self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
         )
@@ -211,7 +219,7 @@ class ConstraintClassifier:
         self._inference.clear()
         self.calibration = None
 
-        self.net.normalizer.fit(s.float()[:, self.net.state_index])
+        self.net.normalizer.fit(self.net.state_features(s.float()))
         x = self.net.features(s)  # [M, in]
         target = y.float()  # [M]
         pos_w, neg_w = len(y) / (2 * n_pos), len(y) / (2 * n_neg)

@@ -35,22 +35,23 @@ def build_loop(cfg: Any, run_dir: Path):
 
     c = OmegaConf.to_container(cfg, resolve=True)
     task = get_task(c["task"]["name"])
-    S, A, mask = task.state_dim, task.action_dim, task.layout.input_mask
+    S, A = task.state_dim, task.action_dim
+    masks = {"input_mask": task.layout.input_mask, "periodic_mask": task.layout.periodic_mask}
     seed = int(c["seed"])
-    world_model = WorldModel(S, A, input_mask=mask, seed=seed, **c["world_model"])
+    world_model = WorldModel(S, A, seed=seed, **masks, **c["world_model"])
     rm_cfg = dict(c["reward_model"])
     kind = rm_cfg.pop("kind")
     if kind not in ("ensemble", "oracle"):
         raise ValueError(f"reward_model.kind must be 'ensemble' or 'oracle', got {kind!r}")
     reward_model = (
-        RewardEnsemble(S, A, input_mask=mask, seed=seed, **rm_cfg) if kind == "ensemble" else None
+        RewardEnsemble(S, A, seed=seed, **masks, **rm_cfg) if kind == "ensemble" else None
     )
     cons = dict(c["constraints"])
     oracle_constraints = bool(cons.pop("oracle", False))
     classifier = (
         None
         if oracle_constraints
-        else ConstraintClassifier(S, input_mask=mask, seed=seed, **c["classifier"])
+        else ConstraintClassifier(S, seed=seed, **masks, **c["classifier"])
     )
     low, high = task.action_bounds
     planner = hydra.utils.instantiate(

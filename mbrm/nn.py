@@ -161,6 +161,40 @@ def inference_copy(module: nn.Module, dtype: str | torch.dtype) -> nn.Module:
     return out
 
 
+class StateFeatures(nn.Module):
+    """Network features of raw states: kept dimensions as they are, periodic angles as (sin, cos).
+
+    ``input_mask [S]`` drops dimensions that are not network inputs (an unbounded
+    root position); ``periodic_mask [S]`` marks angles of unlimited hinges (a
+    free-spinning joint, a torso that can flip), which wrap around, so the networks
+    see ``sin`` and ``cos`` instead of the raw angle (as PETS does for the
+    cart-pole angle, Chua et al. 2018, appendix A). states [..., S] -> [..., F].
+    """
+
+    def __init__(self, input_mask: np.ndarray, periodic_mask: np.ndarray | None = None) -> None:
+        super().__init__()
+        keep = np.asarray(input_mask, dtype=bool)
+        per = (
+            np.zeros_like(keep) if periodic_mask is None else np.asarray(periodic_mask, dtype=bool)
+        )
+        if per.shape != keep.shape:
+            raise ValueError(f"periodic_mask has shape {per.shape}, input_mask {keep.shape}")
+        self.register_buffer(
+            "plain_idx", torch.as_tensor(np.flatnonzero(keep & ~per), dtype=torch.long)
+        )
+        self.register_buffer(
+            "periodic_idx", torch.as_tensor(np.flatnonzero(keep & per), dtype=torch.long)
+        )
+        self.out_dim = int((keep & ~per).sum() + 2 * (keep & per).sum())
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        x = states.index_select(-1, self.plain_idx)
+        if len(self.periodic_idx):
+            angle = states.index_select(-1, self.periodic_idx)
+            x = torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=-1)
+        return x
+
+
 class Normalizer(nn.Module):
     """Per-dimension standardisation with statistics stored as buffers.
 

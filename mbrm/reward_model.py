@@ -33,6 +33,7 @@ from mbrm.feedback.segments import Preference, Segment
 from mbrm.nn import (
     EnsembleMLP,
     Normalizer,
+    StateFeatures,
     bootstrap_indices,
     inference_copy,
     minibatches,
@@ -75,6 +76,7 @@ class _RewardNet(nn.Module):
         state_dim: int,
         action_dim: int,
         input_mask: np.ndarray,
+        periodic_mask: np.ndarray | None,
         ensemble_size: int,
         hidden: int,
         layers: int,
@@ -84,8 +86,8 @@ class _RewardNet(nn.Module):
         super().__init__()
         self.state_dim = state_dim
         self.action_dim = action_dim
-        in_dim = int(input_mask.sum()) + action_dim
-        self.register_buffer("state_index", torch.as_tensor(np.flatnonzero(input_mask)))
+        self.state_features = StateFeatures(input_mask, periodic_mask)
+        in_dim = self.state_features.out_dim + action_dim
         self.normalizer = Normalizer(in_dim)
         self.mlp = EnsembleMLP(
             ensemble_size,
@@ -102,7 +104,7 @@ class _RewardNet(nn.Module):
 
     def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """states [B, S], actions [B, A] -> normalised inputs [B, in] (float32)."""
-        x = torch.cat([states.float()[:, self.state_index], actions.float()], dim=-1)
+        x = torch.cat([self.state_features(states.float()), actions.float()], dim=-1)
         return self.normalizer(x)
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +167,7 @@ class RewardEnsemble:
         action_dim: int,
         *,
         input_mask: np.ndarray | None = None,
+        periodic_mask: np.ndarray | None = None,
         ensemble_size: int = 5,
         hidden: int = 64,
         layers: int = 2,
@@ -191,6 +194,9 @@ class RewardEnsemble:
             "state_dim": state_dim,
             "action_dim": action_dim,
             "input_mask": self.input_mask.tolist(),
+            "periodic_mask": None
+            if periodic_mask is None
+            else np.asarray(periodic_mask, bool).tolist(),
             "ensemble_size": ensemble_size,
             "hidden": hidden,
             "layers": layers,
@@ -201,6 +207,7 @@ class RewardEnsemble:
             state_dim,
             action_dim,
             self.input_mask,
+            periodic_mask,
             ensemble_size,
             hidden,
             layers,
@@ -282,7 +289,7 @@ class RewardEnsemble:
         right_raw, right_mask = self._pad([p[1] for p in used])
         valid = torch.cat([left_raw[left_mask], right_raw[right_mask]])  # [rows, S+A]
         all_inputs = torch.cat(
-            [valid[:, : self.state_dim][:, self.net.state_index], valid[:, self.state_dim :]], 1
+            [self.net.state_features(valid[:, : self.state_dim]), valid[:, self.state_dim :]], 1
         )
         self.net.normalizer.fit(all_inputs)
         data = _PairTensors(

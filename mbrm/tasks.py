@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,8 @@ class StateLayout:
     excluded:  indices that are not network inputs (unbounded root positions that
                do not change the dynamics); their deltas are still predicted
     dt:        seconds per environment step (frame_skip * timestep)
+    periodic:  qpos indices of unlimited hinges, whose angles wrap around; networks
+               see them as (sin, cos)
     """
 
     names: tuple[str, ...]
@@ -214,6 +217,7 @@ class StateLayout:
     nv: int
     excluded: tuple[int, ...]
     dt: float
+    periodic: tuple[int, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -227,6 +231,13 @@ class StateLayout:
             raise KeyError(
                 f"unknown state dimension {name!r}; this task has {list(self.names)}"
             ) from None
+
+    @property
+    def periodic_mask(self) -> np.ndarray:
+        """Boolean [S]: True for angles of unlimited hinges."""
+        mask = np.zeros(self.dim, dtype=bool)
+        mask[list(self.periodic)] = True
+        return mask
 
     @property
     def input_mask(self) -> np.ndarray:
@@ -294,6 +305,7 @@ class Task:
     def layout(self) -> StateLayout:
         m = self._model
         qpos_names, qvel_names = [""] * m.nq, [""] * m.nv
+        periodic = []
         for j in range(m.njnt):
             name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j)
             if int(m.jnt_type[j]) not in (
@@ -302,13 +314,15 @@ class Task:
             ):
                 raise NotImplementedError(f"{self.name}: joint {name} is not a hinge or slide")
             qpos_names[m.jnt_qposadr[j]] = f"qpos.{name}"
+            if int(m.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_HINGE) and not m.jnt_limited[j]:
+                periodic.append(int(m.jnt_qposadr[j]))
             qvel_names[m.jnt_dofadr[j]] = f"qvel.{name}"
         names = tuple(qpos_names + qvel_names)
         layout = StateLayout(
             names, m.nq, m.nv, (), float(m.opt.timestep * self.__dict__["_frame_skip"])
         )
         excluded = tuple(layout.index(n) for n in self.excluded_inputs)
-        return StateLayout(names, m.nq, m.nv, excluded, layout.dt)
+        return StateLayout(names, m.nq, m.nv, excluded, layout.dt, tuple(periodic))
 
     @functools.cached_property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +370,8 @@ class Task:
             )
         if not np.isfinite(states).all():
             raise ValueError(f"{self.name}: cannot render non-finite states")
-        env = self._render_env(width, height)
+        # an OpenGL context belongs to the thread that made it current: one env per thread
+        env = self._render_env(width, height, threading.get_ident())
         u = env.unwrapped
         nq = self.layout.nq
         frames = []
@@ -365,8 +380,8 @@ class Task:
             frames.append(env.render())
         return np.stack(frames)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 - tasks are module-level singletons
-    def _render_env(self, width: int, height: int) -> gym.Env:
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - tasks are module-level singletons
+    def _render_env(self, width: int, height: int, thread: int) -> gym.Env:
         env = self.make_raw_env(render_mode="rgb_array", width=width, height=height)
         env.reset(seed=0)
         return env

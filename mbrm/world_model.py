@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from mbrm.nn import (
     EnsembleMLP,
     Normalizer,
+    StateFeatures,
     bootstrap_indices,
     inference_copy,
     make_generator,
@@ -65,6 +66,7 @@ class WorldModel(nn.Module):
         action_dim: int,
         *,
         input_mask: np.ndarray | None = None,
+        periodic_mask: np.ndarray | None = None,
         ensemble_size: int = 7,
         elites: int = 5,
         hidden: int = 200,
@@ -86,8 +88,8 @@ class WorldModel(nn.Module):
         self.num_elites = elites
         self.lr = lr
         self.weight_decay = weight_decay
-        self.register_buffer("input_idx", torch.as_tensor(np.flatnonzero(mask), dtype=torch.long))
-        in_dim = int(mask.sum()) + action_dim
+        self.features = StateFeatures(mask, periodic_mask)
+        in_dim = self.features.out_dim + action_dim
         g = make_generator(seed)
         self.net = EnsembleMLP(
             ensemble_size,
@@ -110,7 +112,7 @@ class WorldModel(nn.Module):
 
     def _inputs(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Normalised network input [..., in] from states [..., S] and actions [..., A]."""
-        x = torch.cat([states.index_select(-1, self.input_idx), actions], dim=-1)
+        x = torch.cat([self.features(states), actions], dim=-1)
         return self.input_norm(x)
 
     def _gaussian(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +166,7 @@ class WorldModel(nn.Module):
         for name, t in (("states", s), ("actions", a), ("next_states", s2)):
             if not torch.isfinite(t).all():
                 raise ValueError(f"fit got non-finite {name}")
-        raw_in = torch.cat([s.index_select(-1, self.input_idx), a], dim=-1)
+        raw_in = torch.cat([self.features(s), a], dim=-1)
         delta = s2 - s
 
         perm = torch.randperm(n, generator=generator)

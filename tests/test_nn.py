@@ -1,9 +1,17 @@
 """The batched ensemble equals a loop over independent members."""
 
+import numpy as np
 import pytest
 import torch
 
-from mbrm.nn import EnsembleLinear, EnsembleMLP, Normalizer, bootstrap_indices, inference_copy
+from mbrm.nn import (
+    EnsembleLinear,
+    EnsembleMLP,
+    Normalizer,
+    StateFeatures,
+    bootstrap_indices,
+    inference_copy,
+)
 
 
 def _member_forward(mlp: EnsembleMLP, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -73,3 +81,19 @@ def test_bootstrap_is_seeded(torch_gen):
     b = bootstrap_indices(100, 4, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (4, 100)
     assert not torch.equal(a[0], a[1])
+
+
+def test_state_features_drop_excluded_and_encode_periodic_angles():
+    feats = StateFeatures(
+        np.array([False, True, True, True]), np.array([False, True, False, False])
+    )
+    assert feats.out_dim == 4
+    s = torch.tensor([[5.0, 0.3, 2.0, -1.0]])
+    torch.testing.assert_close(
+        feats(s), torch.tensor([[2.0, -1.0, np.sin(0.3), np.cos(0.3)]], dtype=torch.float32)
+    )
+    # a full turn of a periodic angle gives the same features; the dropped position never matters
+    turned = s + torch.tensor([[100.0, 2 * np.pi, 0.0, 0.0]])
+    torch.testing.assert_close(feats(turned), feats(s), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="periodic_mask"):
+        StateFeatures(np.ones(3, bool), np.ones(4, bool))

@@ -190,3 +190,9 @@ def test_excluded_inputs_and_unknown_names():
         get_task("half_cheetah_safe").layout.index("speed")
     with pytest.raises(ValueError, match="leading dimensions"):
         get_task("hopper_safe").true_reward(np.zeros((2, 12)), np.zeros((3, 3)), np.zeros((2, 12)))
+
+
+def test_unlimited_hinges_are_periodic():
+    assert get_task("reacher_keepout").layout.periodic == (0,)  # joint0 spins freely
+    assert get_task("half_cheetah_safe").layout.periodic == (2,)  # the torso can flip
+    assert get_task("inverted_pendulum").layout.periodic == ()  # the hinge is limited
