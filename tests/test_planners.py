@@ -417,3 +417,24 @@ def test_bad_input_is_named(kind: str) -> None:
         make_planner(kind, [1.0], [-1.0], 3)
     with pytest.raises(ValueError, match="horizon >= 1"):
         make_planner(kind, [-1.0], [1.0], 0)
+
+
+def test_mcts_most_visited_path_beats_the_warm_start() -> None:
+    """recommend="visits": the most visited prefix, completed by the warm start, is returned."""
+    target = torch.tensor([[0.6, -0.6], [0.5, 0.2], [-0.4, 0.4]])
+    imagine = imagination_from(lambda s, a: s, quadratic_reward(target))
+    planner = MCTSPlanner(
+        action_low=[-1, -1],
+        action_high=[1, 1],
+        horizon=3,
+        simulations=600,
+        batch_size=50,
+        recommend="visits",
+    )
+    result = planner.plan(torch.zeros(1), imagine, generator=torch.Generator().manual_seed(0))
+    zero_plan_score = -float(target.square().sum())  # -1.33
+    assert result.feasible and result.score > 0.5 * zero_plan_score
+    # The score reported is the score of the plan returned.
+    assert result.score == pytest.approx(
+        float(imagine(torch.zeros(1), result.plan[None]).reward_mean.sum())
+    )
