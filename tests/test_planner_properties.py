@@ -38,7 +38,7 @@ def recording_quadratic(target: torch.Tensor, seen: list[torch.Tensor], cap: flo
     return imagine
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     horizon=st.integers(1, 6),
@@ -80,10 +80,13 @@ def test_cem_best_score_never_decreases_and_actions_stay_in_bounds(
         assert bool(((actions >= lo) & (actions <= hi)).all())
     h = np.asarray(result.history)
     assert len(h) == 4
-    if bool(result.top_feasible[0]) or cap is None:
-        # The best-ranked candidate so far: feasible ones outrank, so once one is found
-        # (here: from the first iteration on) its score can only rise.
-        assert np.all(np.diff(h) >= 0), h
+    # history is the score of the best-ranked candidate so far. Feasible candidates
+    # outrank infeasible ones, so from the iteration where one is first imagined the
+    # score can only rise (before it, the least risky candidate leads, whatever its score).
+    any_feasible = [cap is None or bool((a[..., 0] <= cap).all(1).any()) for a in seen[:4]]
+    if any(any_feasible):
+        first = any_feasible.index(True)
+        assert np.all(np.diff(h[first:]) >= 0), (h, first)
 
 
 def test_scoring_is_per_candidate() -> None:
