@@ -23,6 +23,7 @@ USAGE = __doc__
 def build_loop(cfg: Any, run_dir: Path):
     """Plain objects from the composed config (constructors never see a DictConfig)."""
     import hydra.utils
+    import torch
     from omegaconf import OmegaConf
 
     from constraints.classifier import ConstraintClassifier
@@ -34,6 +35,8 @@ def build_loop(cfg: Any, run_dir: Path):
     from mbrm.world_model import WorldModel
 
     c = OmegaConf.to_container(cfg, resolve=True)
+    if c.get("threads"):
+        torch.set_num_threads(int(c["threads"]))
     task = get_task(c["task"]["name"])
     S, A = task.state_dim, task.action_dim
     masks = {"input_mask": task.layout.input_mask, "periodic_mask": task.layout.periodic_mask}

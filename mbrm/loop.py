@@ -246,13 +246,22 @@ class Loop:
 
     # ------------------------------------------------------------------ learning
 
-    def fit_models(self) -> dict[str, Any]:
+    def fit_world_model(self) -> dict[str, Any]:
+        """Refit the world model on every real transition (warm start)."""
+        rep = self.world_model.fit(
+            *self.replay.arrays(),
+            generator=self.torch_gen,
+            max_epochs=self.settings.world_model_epochs,
+        )
+        return {
+            "wm_holdout_mse": rep.holdout_mse[-1] if rep.holdout_mse else float("nan"),
+            "wm_epochs": rep.epochs,
+        }
+
+    def fit_feedback_models(self) -> dict[str, Any]:
+        """Refit the reward ensemble and the classifier on every label so far."""
         s = self.settings
         out: dict[str, Any] = {}
-        wm_rep = self.world_model.fit(
-            *self.replay.arrays(), generator=self.torch_gen, max_epochs=s.world_model_epochs
-        )
-        out["wm_holdout_mse"] = wm_rep.holdout_mse[-1] if wm_rep.holdout_mse else float("nan")
         frozen = s.frozen_reward_after is not None and self.iteration > s.frozen_reward_after
         pairs = [p for p in self.store.preference_pairs() if p[2].target is not None]
         if self.reward_model is not None and pairs and not frozen:
@@ -324,11 +333,19 @@ class Loop:
             exploring = self.iteration < s.explore_episodes
             agent = None if exploring else self.agent()
             ep = self.run_episode(agent, seed=self.seed * 100_003 + self.iteration)
-            fit = {}
+            fit: dict[str, Any] = {"act_seconds": time.perf_counter() - t0}
             if not exploring or self.iteration == s.explore_episodes - 1:
-                fit = self.fit_models()  # the world model is needed to synthesise queries
-                rnd = self.solicit()
-                fit.update(self.fit_models() if rnd.preferences + rnd.unacceptable else {})
+                t1 = time.perf_counter()
+                fit.update(self.fit_world_model())  # synthesis imagines with it
+                t2 = time.perf_counter()
+                self.solicit()
+                t3 = time.perf_counter()
+                fit.update(self.fit_feedback_models())
+                fit.update(
+                    world_model_seconds=t2 - t1,
+                    solicit_seconds=t3 - t2,
+                    learn_seconds=time.perf_counter() - t3,
+                )
             row = {
                 "iteration": self.iteration,
                 "phase": "explore" if exploring else "act",
@@ -491,6 +508,7 @@ class Loop:
             "reward_model": self.reward_model.state_dict() if self.reward_model is not None else {},
             "classifier": self.classifier.state_dict() if self.classifier is not None else {},
             "loop": {
+                "replay_size": len(self.replay),
                 "iteration": self.iteration,
                 "episodes": self.episodes,
                 "metrics": json.dumps(self.metrics),
@@ -517,4 +535,7 @@ class Loop:
         self.torch_gen.set_state(ckpt["rng"]["torch"])
         self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])
         self.replay = ReplayBuffer.load(self.run_dir / "replay.npz")
+        # replay.npz is written just before the checkpoint: a run killed in between
+        # has transitions the checkpoint does not know about yet
+        self.replay.truncate(int(ckpt["loop"]["replay_size"]))
         self.constraint_set = self._build_constraints()

@@ -58,6 +58,14 @@ class ReplayBuffer:
         self._next = (i + 1) % self.capacity
         self._size = min(self._size + 1, self.capacity)
 
+    def truncate(self, n: int) -> None:
+        """Keep the oldest ``n`` transitions (undo appends made after a checkpoint)."""
+        if not 0 <= n <= self._size:
+            raise ValueError(f"cannot truncate a buffer of {self._size} transitions to {n}")
+        if self._size == self.capacity and self._next != 0 and n < self._size:
+            raise ValueError("cannot truncate a buffer that has wrapped around")
+        self._size, self._next = n, n % self.capacity
+
     def _order(self) -> np.ndarray:
         """Indices of stored transitions, oldest first."""
         if self._size < self.capacity:

@@ -173,3 +173,18 @@ def test_checkpoint_of_another_task_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="another task or model size"):
         other.resume()
+
+
+def test_resume_drops_transitions_written_after_the_checkpoint(tmp_path):
+    cfg = tiny_cfg("inverted_pendulum", "cem")
+    run(cfg, tmp_path)
+    loop = build_loop(cfg, tmp_path)
+    loop.resume()
+    n = len(loop.replay)
+    # a run killed between writing replay.npz and checkpoint.pt
+    s = loop.replay.states[0]
+    loop.replay.add(s, np.zeros(loop.task.action_dim), s, 99, 0)
+    loop.replay.save(tmp_path / "replay.npz")
+    again = build_loop(cfg, tmp_path)
+    again.resume()
+    assert len(again.replay) == n
