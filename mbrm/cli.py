@@ -60,6 +60,16 @@ def build_loop(cfg: Any, run_dir: Path):
     planner = hydra.utils.instantiate(
         cfg.planner, action_low=low.tolist(), action_high=high.tolist()
     )
+    entries = cons.get("entries") or {}
+    kinds = [
+        e.get("kind") for e in (entries.values() if isinstance(entries, dict) else entries) if e
+    ]
+    if "learned" in kinds and float(c["planner"].get("threshold", 0.5)) != 0.5:
+        raise ValueError(
+            f"planner.threshold={c['planner']['threshold']}: with a learned constraint entry the "
+            "planner's threshold must stay 0.5, where the set maps the calibrated threshold; "
+            "change the entry's alpha or threshold instead"
+        )
     fb = dict(c["feedback"])
     mode = fb.pop("mode", "synthetic")
     if mode not in ("synthetic", "human"):
@@ -87,6 +97,7 @@ def build_loop(cfg: Any, run_dir: Path):
         preference_teacher=pref_teacher,
         unacceptable_teacher=unacc_teacher,
         settings=settings,
+        qp_filter=dict(c["qp_filter"]["options"]) if c["qp_filter"]["enabled"] else None,
         progress=bool(c["progress"]),
     )
 

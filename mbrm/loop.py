@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from constraints.qp_filter import QPFilter
 from constraints.sets import ConstraintSet
 from mbrm.agent import Agent
 from mbrm.checkpoint import load_checkpoint, save_checkpoint
@@ -82,6 +83,7 @@ class Loop:
         preference_teacher: Any | None,  # None: human mode, queries wait in the store
         unacceptable_teacher: Any | None,
         settings: LoopSettings,
+        qp_filter: dict[str, Any] | None = None,  # QPFilter keyword arguments; None: no filter
         progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -96,6 +98,7 @@ class Loop:
             unacceptable_teacher,
         )
         self.progress = progress
+        self.qp_filter = qp_filter
         self.length = settings.episode_length or task.episode_length
         self.store = FeedbackStore(
             self.run_dir / "feedback.sqlite", state_dim=task.state_dim, action_dim=task.action_dim
@@ -167,24 +170,22 @@ class Loop:
             self.settings.propagation,
             self.settings.dtype,
         )
-        return Agent(self.planner, imagination)
+        qp = None
+        if self.qp_filter is not None:
+            # linearised through the world model's mean prediction (Dalal et al. 2018, Sec. 4)
+            qp = QPFilter(self.constraint_set, self.world_model.mean_next_state, **self.qp_filter)
+        return Agent(self.planner, imagination, qp_filter=qp)
 
     # ------------------------------------------------------------------ acting
 
     def _random_action(self) -> np.ndarray:
         """Uniform in the action box, resampled until the hard action constraints hold."""
         low, high = self.task.action_bounds
+        action_entries = [e for e in self.constraint_set.entries if not e.uses_states]
         for _ in range(1000):
             a = self.rng.uniform(low, high)
-            ev = self.constraint_set.evaluate(
-                torch.zeros(1, 2, self.task.state_dim), torch.as_tensor(a[None, None])
-            )
-            acts_ok = all(
-                float(v.max()) <= 0.5
-                for n, v in ev.violations.items()
-                if not self.constraint_set.entries[self.constraint_set.names.index(n)].uses_states
-            )
-            if acts_ok:
+            act = torch.as_tensor(a[None, None])  # [1, 1, A]: one step
+            if all(float(e.evaluate(None, act).max()) <= 0.5 for e in action_entries):
                 return a
         raise RuntimeError(
             "no random action satisfies the configured action constraints after 1000 tries"
@@ -267,28 +268,51 @@ class Loop:
         if self.reward_model is not None and pairs and not frozen:
             self.reward_model.fit(pairs, generator=self.torch_gen, epochs=s.reward_epochs)
         if self.classifier is not None:
-            states, flags = self.store.unacceptable_states()
-            # split conformal needs ceil(1/alpha - 1) held-out positives; until then the
-            # learned entry stays inactive (logged as classifier_positives)
-            need = math.ceil(1 / s.alpha - 1)
-            n_pos = int(flags.sum())
-            out["classifier_positives"] = n_pos
-            n_cal_pos = max(int(n_pos * s.calibration_fraction), need)
-            if n_pos - n_cal_pos >= 4 and (~flags).sum() >= 8:
-                idx = self.rng.permutation(len(flags))
-                pos, neg = idx[flags[idx]], idx[~flags[idx]]
-                n_cal_neg = int(len(neg) * s.calibration_fraction)
-                cal = np.concatenate([pos[:n_cal_pos], neg[:n_cal_neg]])
-                train = np.concatenate([pos[n_cal_pos:], neg[n_cal_neg:]])
+            split = self._calibration_split()
+            out["classifier_positives"] = split[-1]
+            if split[0] is not None:
+                (s_tr, f_tr), (s_cal, f_cal), _ = split
                 self.classifier.fit(
-                    states[train],
-                    flags[train],
-                    generator=self.torch_gen,
-                    epochs=s.classifier_epochs,
+                    s_tr, f_tr, generator=self.torch_gen, epochs=s.classifier_epochs
                 )
-                out["threshold"] = self.classifier.calibrate(states[cal], flags[cal], alpha=s.alpha)
+                out["threshold"] = self.classifier.calibrate(s_cal, f_cal, alpha=s.alpha)
         self.constraint_set = self._build_constraints()
         return out
+
+    def _calibration_split(self):
+        """Training and calibration sets for the classifier, split by segment.
+
+        Split conformal calibration needs held-out states exchangeable with new ones
+        (Angelopoulos & Bates 2021, Sec. 1.1): exact duplicates (a state judged twice)
+        are merged first -- flagged if ever flagged -- and a segment's correlated states
+        go wholly to one side. The calibration side gets at least ceil(1/alpha - 1)
+        unacceptable states (and ``calibration_fraction`` of them); until the labels
+        allow that plus 4 unacceptable training states, returns (None, None, n_pos).
+        """
+        s = self.settings
+        states, flags, segs = self.store.unacceptable_states(with_segments=True)
+        if len(states) == 0:
+            return None, None, 0
+        uniq, first, inv = np.unique(states, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        uflags = np.zeros(len(uniq), dtype=bool)
+        np.logical_or.at(uflags, inv, flags)
+        useg = segs[first]
+        n_pos = int(uflags.sum())
+        need = max(math.ceil(1 / s.alpha - 1), int(n_pos * s.calibration_fraction))
+        rng = np.random.default_rng([self.seed, self.iteration, 1])
+        cal_segments: list[int] = []
+        cal_pos = 0
+        order = rng.permutation(np.unique(useg))
+        for seg in order:
+            if cal_pos >= need and len(cal_segments) >= s.calibration_fraction * len(order):
+                break
+            cal_segments.append(int(seg))
+            cal_pos += int(uflags[useg == seg].sum())
+        cal = np.isin(useg, cal_segments)
+        if cal_pos < need or int(uflags[~cal].sum()) < 4 or int((~uflags[~cal]).sum()) < 8:
+            return None, None, n_pos
+        return (uniq[~cal], uflags[~cal]), (uniq[cal], uflags[cal]), n_pos
 
     def evaluate_models(self) -> dict[str, Any]:
         """Held-out figures of the learned models on the agent's own data (evaluation only)."""
@@ -296,15 +320,17 @@ class Loop:
         from mbrm.reward_model import preference_accuracy, reward_spearman
 
         out: dict[str, Any] = {}
+        # its own generator: switching metrics on or off must not change the run
+        rng = np.random.default_rng([self.seed, self.iteration, 2])
         if self.reward_model is not None and self.reward_model.fitted and len(self.replay) > 50:
-            segs = self.replay.sample_segments(200, self.settings.solicit.segment_length, self.rng)
-            oracle = PreferenceTeacher(self.task, seed=int(self.rng.integers(1 << 31)))
+            segs = self.replay.sample_segments(200, self.settings.solicit.segment_length, rng)
+            oracle = PreferenceTeacher(self.task, seed=int(rng.integers(1 << 31)))
             pairs = [
                 (a, b, oracle.answer(a, b)) for a, b in zip(segs[::2], segs[1::2], strict=False)
             ]
             out["reward_accuracy"] = preference_accuracy(self.reward_model, pairs)
             s, a, s2 = self.replay.arrays()
-            pick = self.rng.choice(len(s), min(len(s), 2000), replace=False)
+            pick = rng.choice(len(s), min(len(s), 2000), replace=False)
             out["reward_spearman"] = reward_spearman(
                 self.reward_model, self.task, s[pick], a[pick], s2[pick]
             )
@@ -338,7 +364,10 @@ class Loop:
                 t1 = time.perf_counter()
                 fit.update(self.fit_world_model())  # synthesis imagines with it
                 t2 = time.perf_counter()
-                self.solicit()
+                # a run killed after asking but before its checkpoint has this round's
+                # queries stored already: asking again would store them twice
+                if self.store.count_queries(loop_round=self.iteration) == 0:
+                    self.solicit()
                 t3 = time.perf_counter()
                 fit.update(self.fit_feedback_models())
                 fit.update(
@@ -514,6 +543,12 @@ class Loop:
                 "metrics": json.dumps(self.metrics),
             },
             "rng": {
+                "teachers": json.dumps(
+                    [
+                        t.rng_state() if t is not None else None
+                        for t in (self.preference_teacher, self.unacceptable_teacher)
+                    ]
+                ),
                 "torch": self.torch_gen.get_state(),
                 "numpy": json.dumps(self.rng.bit_generator.state),
             },
@@ -534,6 +569,10 @@ class Loop:
         self.metrics = json.loads(ckpt["loop"]["metrics"])
         self.torch_gen.set_state(ckpt["rng"]["torch"])
         self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])
+        teachers = (self.preference_teacher, self.unacceptable_teacher)
+        for teacher, state in zip(teachers, json.loads(ckpt["rng"]["teachers"]), strict=True):
+            if teacher is not None and state is not None:
+                teacher.set_rng_state(state)
         self.replay = ReplayBuffer.load(self.run_dir / "replay.npz")
         # replay.npz is written just before the checkpoint: a run killed in between
         # has transitions the checkpoint does not know about yet

@@ -230,7 +230,10 @@ class CEMPlanner:
             # Refit the Gaussian with momentum (PETS App. A: alpha on mean and variance).
             m = self.momentum
             mean = m * mean + (1.0 - m) * elite.mean(0)
-            var = m * var + (1.0 - m) * elite.var(0, unbiased=False)
+            if elite.shape[0] >= 2:
+                # One feasible elite has zero spread: refitting to it would collapse the
+                # search onto one marginal plan next to a constraint; keep the variance.
+                var = m * var + (1.0 - m) * elite.var(0, unbiased=False)
 
         assert top is not None  # iterations >= 1
         if not self.execute_best:

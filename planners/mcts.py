@@ -267,6 +267,12 @@ class MCTSPlanner:
                 path.append(tree.add_child(node, action))
                 break
             child = self._best_child(tree, node)
+            if child < 0 and tree.n_children[node] < self.max_children:
+                # Every child so far is unacceptable, but the node may hold more: widen
+                # now rather than give up a node that still has room.
+                action = self._propose(tree, node, base, draws, b)
+                path.append(tree.add_child(node, action))
+                break
             if child < 0:
                 # All children unacceptable and no room for another: a dead end.
                 tree.pruned[node] = True

@@ -509,24 +509,32 @@ class FeedbackStore:
             args.append(int(limit))
         return [_query(r) for r in self._conn.execute(sql, args)]
 
-    def count_queries(self, status: QueryStatus | str | None = None) -> int:
-        if status is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
-        return int(
-            self._conn.execute(
-                "SELECT COUNT(*) FROM queries WHERE status = ?", (QueryStatus(status).value,)
-            ).fetchone()[0]
-        )
+    def count_queries(
+        self, status: QueryStatus | str | None = None, *, loop_round: int | None = None
+    ) -> int:
+        """Number of queries, of one status or all, optionally of one loop round."""
+        sql, args = "SELECT COUNT(*) FROM queries WHERE 1=1", []
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(QueryStatus(status).value)
+        if loop_round is not None:
+            sql += " AND loop_round = ?"
+            args.append(int(loop_round))
+        return int(self._conn.execute(sql, args).fetchone()[0])
 
-    def count_labels(self, kind: FeedbackKind | str | None = None) -> int:
-        """Number of labels, of one feedback kind or all."""
-        if kind is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
-        return int(
-            self._conn.execute(
-                "SELECT COUNT(*) FROM labels WHERE kind = ?", (FeedbackKind(kind).value,)
-            ).fetchone()[0]
-        )
+    def count_labels(
+        self, kind: FeedbackKind | str | None = None, *, loop_round: int | None = None
+    ) -> int:
+        """Number of labels, of one feedback kind or all, optionally of one loop round."""
+        sql = "SELECT COUNT(*) FROM labels l JOIN queries q ON q.id = l.query_id WHERE 1=1"
+        args: list[Any] = []
+        if kind is not None:
+            sql += " AND l.kind = ?"
+            args.append(FeedbackKind(kind).value)
+        if loop_round is not None:
+            sql += " AND q.loop_round = ?"
+            args.append(int(loop_round))
+        return int(self._conn.execute(sql, args).fetchone()[0])
 
     # ------------------------------------------------------------------- leases
 
@@ -705,25 +713,33 @@ class FeedbackStore:
             segs = self._segments({i for r in rows for i in r[:2]})
         return [(segs[a], segs[b], Preference(p)) for a, b, p in rows]
 
-    def unacceptable_states(self) -> tuple[np.ndarray, np.ndarray]:
+    def unacceptable_states(
+        self, *, with_segments: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Judged states and their flags from every unacceptable label.
 
-        Returns states [M, S] (float64) and flags [M] (bool). States a teacher did
+        Returns states [M, S] (float64) and flags [M] (bool), and with
+        ``with_segments`` the id of the segment each state came from [M] (so held-out
+        splits can keep a segment's correlated states together). States a teacher did
         not judge (after the first unacceptable step) are left out.
         """
         with self._read() as c:
             rows = c.execute(
-                "SELECT s.states, s.states_dtype, s.states_shape, l.flags, l.known "
+                "SELECT s.states, s.states_dtype, s.states_shape, l.flags, l.known, s.id "
                 "FROM labels l JOIN queries q ON q.id = l.query_id "
                 "JOIN segments s ON s.id = q.left_id WHERE l.kind = 'unacceptable' ORDER BY l.id"
             ).fetchall()
         s_dim = self.dims[0] or 0
         states: list[np.ndarray] = [np.zeros((0, s_dim))]  # [M_i, S]
         flags: list[np.ndarray] = [np.zeros(0, dtype=bool)]  # [M_i]
-        for blob, dtype, shape, f, k in rows:
+        segs: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]  # [M_i]
+        for blob, dtype, shape, f, k, seg_id in rows:
             known = np.frombuffer(k, dtype=bool)
             states.append(_decode(blob, dtype, shape).astype(np.float64)[known])
             flags.append(np.frombuffer(f, dtype=bool)[known])
+            segs.append(np.full(int(known.sum()), seg_id, dtype=np.int64))
+        if with_segments:
+            return np.concatenate(states), np.concatenate(flags), np.concatenate(segs)
         return np.concatenate(states), np.concatenate(flags)
 
     def label_counts(self, by: Literal["source", "who", "kind"] = "source") -> dict[str, int]:

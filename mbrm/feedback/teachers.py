@@ -141,6 +141,13 @@ class PreferenceTeacher:
         """Answers to several queries, in order (same as calling :meth:`answer` on each)."""
         return [self.answer(left, right) for left, right in pairs]
 
+    def rng_state(self) -> dict[str, Any]:
+        """The teacher's random generator state (checkpointed so a resumed run continues it)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
+
     def describe(self) -> dict[str, Any]:
         """Who answered: stored with every label this teacher gives."""
         return {
@@ -192,6 +199,13 @@ class UnacceptableTeacher:
         flags = self.label(segment)
         hits = np.flatnonzero(flags)
         return int(hits[0]) if hits.size else None
+
+    def rng_state(self) -> dict[str, Any]:
+        """The teacher's random generator state (checkpointed so a resumed run continues it)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
 
     def describe(self) -> dict[str, Any]:
         """Who labelled: stored with every label this teacher gives."""
