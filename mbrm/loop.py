@@ -59,6 +59,8 @@ class LoopSettings:
     alpha: float = 0.05  # target miss rate of the calibrated classifier
     imagined_every: int = 5  # keep the planner's best imagined future every k steps
     frozen_reward_after: int | None = None  # stop updating the reward model after this iteration
+    # the learned entry stays off while it flags more held-out acceptable states than this
+    max_false_positive_rate: float = 0.3
     human_wait_seconds: float = (
         0.0  # human mode: wait this long for the queue to be labelled (0: go on)
     )
@@ -110,6 +112,7 @@ class Loop:
         )
         self.torch_gen = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self.classifier_ready = False  # calibrated and not flagging most acceptable states
         self.iteration = 0  # next iteration to run
         self.episodes = 0
         self.metrics: list[dict[str, Any]] = []
@@ -142,6 +145,7 @@ class Loop:
             entries = {k: v for k, v in entries.items() if v is not None}
         clf = OracleClassifier(self.task) if self.oracle_constraints else self.classifier
         calibrated = clf is not None and getattr(clf, "threshold", None) is not None
+        calibrated = calibrated and (self.oracle_constraints or self.classifier_ready)
         if not calibrated:
             if isinstance(entries, dict):
                 entries = {k: v for k, v in entries.items() if v.get("kind") != "learned"}
@@ -276,6 +280,13 @@ class Loop:
                     s_tr, f_tr, generator=self.torch_gen, epochs=s.classifier_epochs
                 )
                 out["threshold"] = self.classifier.calibrate(s_cal, f_cal, alpha=s.alpha)
+                # A threshold low enough to keep recall >= 1 - alpha may flag most acceptable
+                # states too (a classifier that has seen few unacceptable ones); such a
+                # constraint would reject every plan, so it waits for more labels.
+                ev = self.classifier.evaluate(s_cal, f_cal)
+                fpr = ev["fp"] / max(ev["fp"] + ev["tn"], 1)
+                out["classifier_calibration_fpr"] = fpr
+                self.classifier_ready = fpr <= s.max_false_positive_rate
         self.constraint_set = self._build_constraints()
         return out
 
@@ -538,6 +549,7 @@ class Loop:
             "classifier": self.classifier.state_dict() if self.classifier is not None else {},
             "loop": {
                 "replay_size": len(self.replay),
+                "classifier_ready": self.classifier_ready,
                 "iteration": self.iteration,
                 "episodes": self.episodes,
                 "metrics": json.dumps(self.metrics),
@@ -566,6 +578,7 @@ class Loop:
             self.classifier.load_state_dict(ckpt["classifier"])
         self.iteration = int(ckpt["loop"]["iteration"])
         self.episodes = int(ckpt["loop"]["episodes"])
+        self.classifier_ready = bool(ckpt["loop"]["classifier_ready"])
         self.metrics = json.loads(ckpt["loop"]["metrics"])
         self.torch_gen.set_state(ckpt["rng"]["torch"])
         self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])
