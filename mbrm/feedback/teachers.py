@@ -44,7 +44,20 @@ def _probability(name: str, value: float) -> float:
     return value
 
 
-class PreferenceTeacher:
+class _Seeded:
+    """The random generator of a teacher, whose state a checkpoint carries."""
+
+    _rng: np.random.Generator
+
+    def rng_state(self) -> dict[str, Any]:
+        """The generator state (checkpointed so a resumed run continues the same noise)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state
+
+
+class PreferenceTeacher(_Seeded):
     """B-Pref simulated teacher for pairwise segment preferences (Lee et al. 2021, Sec. 3).
 
     Per-step true rewards ``r_t = task.true_reward(s_t, a_t, s_{t+1})`` are taken
@@ -141,13 +154,6 @@ class PreferenceTeacher:
         """Answers to several queries, in order (same as calling :meth:`answer` on each)."""
         return [self.answer(left, right) for left, right in pairs]
 
-    def rng_state(self) -> dict[str, Any]:
-        """The teacher's random generator state (checkpointed so a resumed run continues it)."""
-        return self._rng.bit_generator.state
-
-    def set_rng_state(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state
-
     def describe(self) -> dict[str, Any]:
         """Who answered: stored with every label this teacher gives."""
         return {
@@ -162,7 +168,7 @@ class PreferenceTeacher:
         }
 
 
-class UnacceptableTeacher:
+class UnacceptableTeacher(_Seeded):
     """Labels unacceptable states with the task's hidden ``unacceptable`` flag.
 
     Each state's true flag is corrupted independently: a truly unacceptable state
@@ -199,13 +205,6 @@ class UnacceptableTeacher:
         flags = self.label(segment)
         hits = np.flatnonzero(flags)
         return int(hits[0]) if hits.size else None
-
-    def rng_state(self) -> dict[str, Any]:
-        """The teacher's random generator state (checkpointed so a resumed run continues it)."""
-        return self._rng.bit_generator.state
-
-    def set_rng_state(self, state: dict[str, Any]) -> None:
-        self._rng.bit_generator.state = state
 
     def describe(self) -> dict[str, Any]:
         """Who labelled: stored with every label this teacher gives."""
