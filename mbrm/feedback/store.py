@@ -513,28 +513,34 @@ class FeedbackStore:
         self, status: QueryStatus | str | None = None, *, loop_round: int | None = None
     ) -> int:
         """Number of queries, of one status or all, optionally of one loop round."""
-        sql, args = "SELECT COUNT(*) FROM queries WHERE 1=1", []
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(QueryStatus(status).value)
-        if loop_round is not None:
-            sql += " AND loop_round = ?"
-            args.append(int(loop_round))
-        return int(self._conn.execute(sql, args).fetchone()[0])
+        return self._count(
+            "queries q",
+            {
+                "q.status": None if status is None else QueryStatus(status).value,
+                "q.loop_round": loop_round,
+            },
+        )
 
     def count_labels(
         self, kind: FeedbackKind | str | None = None, *, loop_round: int | None = None
     ) -> int:
         """Number of labels, of one feedback kind or all, optionally of one loop round."""
-        sql = "SELECT COUNT(*) FROM labels l JOIN queries q ON q.id = l.query_id WHERE 1=1"
-        args: list[Any] = []
-        if kind is not None:
-            sql += " AND l.kind = ?"
-            args.append(FeedbackKind(kind).value)
-        if loop_round is not None:
-            sql += " AND q.loop_round = ?"
-            args.append(int(loop_round))
-        return int(self._conn.execute(sql, args).fetchone()[0])
+        return self._count(
+            "labels l JOIN queries q ON q.id = l.query_id",
+            {
+                "l.kind": None if kind is None else FeedbackKind(kind).value,
+                "q.loop_round": loop_round,
+            },
+        )
+
+    def _count(self, tables: str, equal: dict[str, Any]) -> int:
+        """COUNT(*) over ``tables`` where each column with a non-None value equals it."""
+        used = {col: v for col, v in equal.items() if v is not None}
+        where = " AND ".join(f"{col} = ?" for col in used) or "1=1"
+        row = self._conn.execute(
+            f"SELECT COUNT(*) FROM {tables} WHERE {where}", list(used.values())
+        )
+        return int(row.fetchone()[0])
 
     # ------------------------------------------------------------------- leases
 
