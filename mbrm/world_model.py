@@ -312,17 +312,21 @@ class WorldModel(nn.Module):
         per = -(-B // E)
         pad = per * E - B
         slot = self._deal(B, pad, generator)  # [E * per] row index per slot
+        candidate = torch.arange(B) // P  # [B] action sequence of each row
+        slot_candidate = candidate[slot]  # [E * per]
         noise = torch.empty(E, per, S)
         for t in range(H):
             if propagation == "ts1" and t > 0:
                 slot = self._deal(B, pad, generator)
-            act = actions[:, t].repeat_interleave(P, dim=0)  # [B, A]
-            x = self._inputs(cur, act)[slot].view(E, per, -1)  # [E, per, in]
+                slot_candidate = candidate[slot]
+            # gather raw rows first: features are computed once per slot, not per row and slot
+            s_rows = cur[slot]  # [E * per, S]
+            x = self._inputs(s_rows, actions[slot_candidate, t]).view(E, per, -1)  # [E, per, in]
             mean, logvar = self._gaussian(net(x))  # [E, per, S]
             torch.randn(E, per, S, generator=generator, out=noise)
             delta = self.target_norm.inverse(mean + noise * torch.exp(0.5 * logvar))
             nxt = torch.empty_like(cur)
-            nxt[slot[:B]] = cur[slot[:B]] + delta.view(E * per, S)[:B]
+            nxt[slot[:B]] = s_rows[:B] + delta.view(E * per, S)[:B]
             cur = nxt
             out[:, :, t + 1] = cur.view(N, P, S)
         return out
