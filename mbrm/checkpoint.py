@@ -22,6 +22,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run (wrong task, sizes, or not one)."""
 
 
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` and fsync the directory, so the rename survives a crash."""
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(
     path: str | os.PathLike, payload: dict[str, Any], signature: dict[str, Any]
 ) -> None:
@@ -31,7 +41,7 @@ def save_checkpoint(
     torch.save({"format": FORMAT, "version": VERSION, "signature": signature, **payload}, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike, signature: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbrm.checkpoint import replace_durably
 from mbrm.feedback.segments import Segment, SegmentSource
 from mbrm.tasks import Task
 
@@ -138,7 +139,7 @@ class ReplayBuffer:
             )
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReplayBuffer:
