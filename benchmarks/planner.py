@@ -221,7 +221,12 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=5, help="world-model members (all elites)")
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--reward-hidden", type=int, default=128, help="reward-ensemble width (configs/reward_model uses 64)")
+    p.add_argument(
+        "--reward-hidden",
+        type=int,
+        default=128,
+        help="reward-ensemble width (configs/reward_model uses 64)",
+    )
     p.add_argument("--reward-layers", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
