@@ -202,6 +202,7 @@ class FeedbackStore:
     ) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._busy_timeout = busy_timeout
         if self.path.is_dir():
             raise NotAFeedbackStoreError(f"{self.path} is a directory, not a feedback store")
         try:
@@ -243,7 +244,7 @@ class FeedbackStore:
                 }
             self._check_tables(tables)
             c.execute("PRAGMA foreign_keys = ON")
-            c.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(c)
         except sqlite3.DatabaseError as e:
             name = getattr(e, "sqlite_errorname", "")
             if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
@@ -253,6 +254,24 @@ class FeedbackStore:
             if name == "SQLITE_CANTOPEN":
                 raise FeedbackStoreError(f"cannot open feedback store {self.path}: {e}") from e
             raise
+
+    def _use_wal(self, c: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds a lock.
+
+        Changing the journal mode needs the database to itself, and SQLite answers
+        "database is locked" at once rather than through the busy handler when another
+        process is opening the same new file at that moment.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    c.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _check_tables(self, tables: set[str]) -> None:
         if "meta" not in tables:
@@ -625,6 +644,42 @@ class FeedbackStore:
         with self._write():
             q = self._pending_for(query_id, who, now)
             return self._insert_label(q, value, who, params, now)
+
+    def add_label_with_marks(
+        self,
+        query_id: int,
+        value: LabelValue,
+        who: Labeller | str,
+        marks: Sequence[tuple[int, int | None]],
+    ) -> tuple[int, list[int]]:
+        """Answer a query and record unacceptable-state marks on segments, atomically.
+
+        ``marks`` are (segment id, first unacceptable step) pairs, e.g. a person's
+        "unacceptable from this frame" on either clip of a preference query; each
+        becomes an answered unacceptable query (acquisition "annotator", the same loop
+        round). All or nothing: one transaction. Returns (label id, mark query ids).
+        """
+        who = _labeller(who)
+        params = _json_params(who)
+        now = self._clock()
+        with self._write():
+            q = self._pending_for(query_id, who, now)
+            label_id = self._insert_label(q, value, who, params, now)
+            mark_ids = []
+            for seg_id, step in marks:
+                qid = self._insert_query(
+                    FeedbackKind.UNACCEPTABLE,
+                    _ids([seg_id]),
+                    acquisition="annotator",
+                    score=None,
+                    source=None,
+                    loop_round=q.loop_round,
+                    status=QueryStatus.PENDING,
+                    created_at=now,
+                )
+                self._insert_label(self.get_query(qid), step, who, params, now)
+                mark_ids.append(qid)
+            return label_id, mark_ids
 
     def _insert_label(
         self, q: Query, value: LabelValue, who: Labeller, params: str, created_at: float

@@ -390,7 +390,8 @@ class LabelingApp:
         value, extra = self._parse_value(q, body["value"], body.get("unacceptable"))
         store = self.store()
         try:
-            label_id = store.add_label(q.id, value, who)
+            # the answer and the annotator's marks on either clip: one transaction
+            label_id, extra_ids = store.add_label_with_marks(q.id, value, who, extra)
         except LeaseConflictError as e:
             raise ApiError(409, str(e)) from e
         except InvalidLabelError as e:
@@ -398,19 +399,6 @@ class LabelingApp:
             if store.get_query(q.id).status is not QueryStatus.PENDING:
                 raise ApiError(409, str(e)) from e
             raise ApiError(400, str(e)) from e
-        # Flags on a preference query's clips become unacceptable-state labels of their
-        # own (query and answer in one transaction), asked by the annotator.
-        extra_ids = []
-        for seg_id, step in extra:
-            qid, _ = store.add_labelled_query(
-                FeedbackKind.UNACCEPTABLE,
-                [seg_id],
-                step,
-                who,
-                acquisition="annotator",
-                loop_round=q.loop_round,
-            )
-            extra_ids.append(qid)
         return {
             "label_id": label_id,
             "query_id": q.id,
