@@ -562,3 +562,21 @@ def test_processes_creating_one_store_at_once(tmp_path: Path) -> None:
         assert (
             c.execute("SELECT COUNT(*) FROM meta WHERE key = 'schema_version'").fetchone()[0] == 1
         )
+
+
+def test_label_with_marks_is_all_or_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    left, right = (
+        store.add_segment(make_segment(rng, t=4)),
+        store.add_segment(make_segment(rng, t=4)),
+    )
+    q = store.add_query("preference", [left, right], loop_round=3)
+    before = (store.count_labels(), store.count_queries())
+    with pytest.raises(ValueError, match="outside"):
+        store.add_label_with_marks(q, "left", "ada", [(left, 1), (right, 99)])  # step 99 is bad
+    assert (store.count_labels(), store.count_queries()) == before
+    assert store.get_query(q).status is QueryStatus.PENDING
+    label_id, marks = store.add_label_with_marks(q, "left", "ada", [(left, 1), (right, None)])
+    assert store.get_label(q).id == label_id and len(marks) == 2
+    assert store.count_labels(loop_round=3) == 3  # the answer and both marks, in its round
+    assert store.get_label(marks[0]).value.first_step == 1
