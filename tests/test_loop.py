@@ -204,3 +204,38 @@ def test_qp_filter_runs_inside_the_loop(tmp_path):
 def test_planner_threshold_must_stay_at_the_calibrated_cut(tmp_path):
     with pytest.raises(ValueError, match=r"threshold must stay 0\.5"):
         build_loop(tiny_cfg("reacher_keepout", "cem", "planner.threshold=0.3"), tmp_path)
+
+
+def test_calibration_split_keeps_segments_whole_and_merges_duplicates(tmp_path, rng):
+    from mbrm.feedback.segments import FeedbackKind, Labeller, Segment, UnacceptableLabel
+
+    loop = build_loop(tiny_cfg("inverted_pendulum", "cem"), tmp_path)
+    S, A = loop.task.state_dim, loop.task.action_dim
+    teacher = Labeller.teacher("test")
+    segments = []
+    for i in range(40):
+        seg = Segment(rng.normal(size=(6, S)), rng.normal(size=(5, A)))
+        flags = np.zeros(6, bool)
+        flags[3:] = i % 2 == 0  # half the segments end unacceptable
+        seg_id = loop.store.add_segment(seg)
+        loop.store.add_labelled_query(
+            FeedbackKind.UNACCEPTABLE, [seg_id], UnacceptableLabel(flags), teacher
+        )
+        segments.append((seg, flags))
+    # the same segment judged again, once with a missed flag: merged, flagged if ever flagged
+    seg, flags = segments[0]
+    again = loop.store.add_segment(seg)
+    loop.store.add_labelled_query(
+        FeedbackKind.UNACCEPTABLE, [again], UnacceptableLabel(np.zeros(6, bool)), teacher
+    )
+
+    (s_tr, f_tr), (s_cal, f_cal), n_pos = loop._calibration_split()
+    assert n_pos == 20 * 3
+    assert len(s_tr) + len(s_cal) == 40 * 6  # duplicates merged
+    rows_tr = {r.tobytes() for r in s_tr}
+    for seg, _ in segments:  # every segment wholly on one side
+        sides = {s.tobytes() in rows_tr for s in seg.states}
+        assert len(sides) == 1
+    assert f_cal.sum() >= 19  # ceil(1/alpha - 1) held-out unacceptable states for alpha=0.05
+    dup = np.flatnonzero((np.concatenate([s_tr, s_cal]) == segments[0][0].states[3]).all(1))
+    assert len(dup) == 1 and np.concatenate([f_tr, f_cal])[dup[0]]
