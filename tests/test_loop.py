@@ -239,3 +239,15 @@ def test_calibration_split_keeps_segments_whole_and_merges_duplicates(tmp_path, 
     assert f_cal.sum() >= 19  # ceil(1/alpha - 1) held-out unacceptable states for alpha=0.05
     dup = np.flatnonzero((np.concatenate([s_tr, s_cal]) == segments[0][0].states[3]).all(1))
     assert len(dup) == 1 and np.concatenate([f_tr, f_cal])[dup[0]]
+
+
+def test_learned_entry_waits_until_the_classifier_is_ready(tmp_path, rng, torch_gen):
+    loop = build_loop(tiny_cfg("inverted_pendulum", "cem"), tmp_path)
+    states = rng.normal(size=(400, loop.task.state_dim))
+    flags = states[:, 1] > 0.0
+    loop.classifier.fit(states[:300], flags[:300], generator=torch_gen, epochs=2)
+    loop.classifier.calibrate(states[300:], flags[300:], alpha=0.05)
+    loop.classifier_ready = False
+    assert "unacceptable" not in loop._build_constraints().names
+    loop.classifier_ready = True
+    assert "unacceptable" in loop._build_constraints().names
