@@ -27,13 +27,12 @@ from mbrm.nn import (
     Normalizer,
     StateFeatures,
     bootstrap_indices,
+    config_mismatch,
     inference_copy,
     minibatches,
     resolve_dtype,
+    row_slices,
 )
-
-# Rows per forward call at inference, to bound [E, rows, hidden] activations.
-_INFERENCE_CHUNK = 4096  # rows per chunk: activations stay in cache (2.5x faster than 65536)
 
 
 class _ClassifierNet(nn.Module):
@@ -262,8 +261,7 @@ class ConstraintClassifier:
         flat = s.reshape(-1, self.state_dim)
         net = self._inference_net(dtype)
         out = torch.empty(self.ensemble_size, flat.shape[0])  # [E, B]
-        for start in range(0, flat.shape[0], _INFERENCE_CHUNK):
-            sl = slice(start, start + _INFERENCE_CHUNK)
+        for sl in row_slices(flat.shape[0]):
             out[:, sl] = torch.sigmoid(net.logits(net.features(flat[sl])))
         return out.reshape(self.ensemble_size, *lead)
 
@@ -387,12 +385,8 @@ class ConstraintClassifier:
         missing = {"config", "net", "optimizer", "calibration"} - set(state)
         if missing:
             raise KeyError(f"classifier state is missing {sorted(missing)}")
-        if state["config"] != self._config:
-            diff = {
-                k: (state["config"].get(k), v)
-                for k, v in self._config.items()
-                if state["config"].get(k) != v
-            }
+        diff = config_mismatch(state["config"], self._config)
+        if diff:
             raise ValueError(f"classifier state does not match this model: {diff} (saved, here)")
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])

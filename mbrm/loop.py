@@ -159,13 +159,14 @@ class Loop:
             action_bounds=self.task.action_bounds,
         )
 
-    def agent(self) -> Agent:
+    def _imagination(self) -> ModelImagination:
+        """The current models as the planners' imagination (oracle functions in oracle mode)."""
         reward = (
             oracle_reward(self.task)
             if self.reward_model is None
             else learned_reward(self.reward_model, self.settings.dtype)
         )
-        imagination = ModelImagination(
+        return ModelImagination(
             self.world_model,
             reward,
             self.constraint_set,
@@ -174,6 +175,9 @@ class Loop:
             self.settings.propagation,
             self.settings.dtype,
         )
+
+    def agent(self) -> Agent:
+        imagination = self._imagination()
         qp = None
         if self.qp_filter is not None:
             # linearised through the world model's mean prediction (Dalal et al. 2018, Sec. 4)
@@ -412,14 +416,25 @@ class Loop:
 
     def solicit(self):
         s = self.settings.solicit
+        # models that can score candidates yet: a fitted reward model, a calibrated classifier
+        reward_model = (
+            self.reward_model
+            if self.reward_model is not None and self.reward_model.fitted
+            else None
+        )
+        classifier = (
+            self.classifier
+            if self.classifier is not None and self.classifier.threshold is not None
+            else None
+        )
         pool = list(self.imagined)
         self.imagined.clear()
         pool += self.replay.sample_segments(s.real_candidates, s.segment_length, self.rng)
-        if s.synthesised and self.reward_model is not None and self.reward_model.fitted:
+        if s.synthesised and reward_model is not None:
             starts = self.replay.arrays()[0][
                 self.rng.choice(len(self.replay), s.synthesised, replace=False)
             ]
-            imagination = self.agent().imagination
+            imagination = self._imagination()
             half = s.synthesised // 2
             for objective, st in (
                 ("uncertainty", starts[: s.synthesised - half]),
@@ -430,10 +445,8 @@ class Loop:
                     imagination,
                     st,
                     objective=objective,
-                    reward_model=self.reward_model,
-                    classifier=self.classifier
-                    if (self.classifier is not None and self.classifier.threshold is not None)
-                    else None,
+                    reward_model=reward_model,
+                    classifier=classifier,
                     realism=s.realism,
                     length=s.segment_length,
                     generator=self.torch_gen,
@@ -444,12 +457,8 @@ class Loop:
             settings=s,
             round_index=self.iteration,
             rng=self.rng,
-            reward_model=self.reward_model
-            if (self.reward_model is not None and self.reward_model.fitted)
-            else None,
-            classifier=self.classifier
-            if (self.classifier is not None and self.classifier.threshold is not None)
-            else None,
+            reward_model=reward_model,
+            classifier=classifier,
             preference_teacher=self.preference_teacher,
             unacceptable_teacher=self.unacceptable_teacher,
             replay=self.replay,

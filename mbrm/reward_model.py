@@ -35,20 +35,17 @@ from mbrm.nn import (
     Normalizer,
     StateFeatures,
     bootstrap_indices,
+    config_mismatch,
     inference_copy,
     minibatches,
     resolve_dtype,
+    row_slices,
 )
 
 if TYPE_CHECKING:
     from mbrm.tasks import Task
 
 PreferencePair = tuple[Segment, Segment, Preference]
-
-# Rows per forward call at inference: bounds the [E, rows, hidden] activations
-# (5 x 65536 x 256 x 4 bytes = 335 MB in float32) when planning asks for
-# hundreds of thousands of rows at once.
-_INFERENCE_CHUNK = 4096  # rows per chunk: activations stay in cache (2.5x faster than 65536)
 
 
 def _mask_or_all(input_mask: np.ndarray | None, state_dim: int) -> np.ndarray:
@@ -383,8 +380,7 @@ class RewardEnsemble:
         net = self._inference_net(dtype)
         s2, a2 = s.reshape(-1, self.state_dim), a.reshape(-1, self.action_dim)
         out = torch.empty(self.ensemble_size, s2.shape[0])  # [E, B]
-        for start in range(0, s2.shape[0], _INFERENCE_CHUNK):
-            sl = slice(start, start + _INFERENCE_CHUNK)
+        for sl in row_slices(s2.shape[0]):
             out[:, sl] = net.scaled(net.features(s2[sl], a2[sl]))
         return out.reshape(self.ensemble_size, *lead)
 
@@ -441,12 +437,8 @@ class RewardEnsemble:
         missing = {"config", "net", "optimizer", "fitted"} - set(state)
         if missing:
             raise KeyError(f"reward-ensemble state is missing {sorted(missing)}")
-        if state["config"] != self._config:
-            diff = {
-                k: (state["config"].get(k), v)
-                for k, v in self._config.items()
-                if state["config"].get(k) != v
-            }
+        diff = config_mismatch(state["config"], self._config)
+        if diff:
             raise ValueError(
                 f"reward-ensemble state does not match this model: {diff} (saved, here)"
             )
