@@ -6,7 +6,7 @@ imagined states come from the world model's trajectory sampling, each step is
 scored by the current reward model and judged by every side-constraint.
 
 The reward is a callable ``(s_t, a_t, s_{t+1}) -> (mean, std)`` so that a learned
-ensemble (which reads ``s_t, a_t``) and oracle mode (the task's hidden reward,
+ensemble (reading ``s_t`` or ``s_{t+1}`` with ``a_t``) and oracle mode (the task's hidden reward,
 which needs ``s_{t+1}``) plug in the same way.
 """
 
@@ -30,7 +30,7 @@ def learned_reward(model, dtype: str = "float32") -> RewardFn:
     """Adapter for a reward ensemble with ``predict(states, actions, dtype) -> (mean, std)``."""
 
     def reward(s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor):
-        return model.predict(s, a, dtype=dtype)
+        return model.predict(s, a, s_next, dtype=dtype)
 
     return reward
 

@@ -247,6 +247,7 @@ class Loop:
             mean, _ = self.reward_model.predict(
                 torch.as_tensor(S[:-1], dtype=torch.float32),
                 torch.as_tensor(A, dtype=torch.float32),
+                torch.as_tensor(S[1:], dtype=torch.float32),
             )
             out["predicted_return"] = float(mean.sum())
         if record:

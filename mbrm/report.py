@@ -55,6 +55,7 @@ def _alignment(run_dir: Path, ax_scatter, ax_confusion) -> dict[str, float]:
         pred, _ = loop.reward_model.predict(
             torch.as_tensor(s[pick], dtype=torch.float32),
             torch.as_tensor(a[pick], dtype=torch.float32),
+            torch.as_tensor(s2[pick], dtype=torch.float32),
         )
         pred = pred.numpy()
         rho = float(spearmanr(pred, true_r).statistic)

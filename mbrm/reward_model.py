@@ -149,8 +149,11 @@ class _PairTensors:
 
 
 class RewardEnsemble:
-    """An ensemble of E reward models ``r(s, a)`` trained on preferences (see module doc).
+    """An ensemble of E reward models trained on preferences (see module doc).
 
+    ``state="current"`` learns ``r(s_t, a_t)``; ``state="next"`` learns ``r(a_t, s_{t+1})``,
+    the form of every gymnasium MuJoCo reward (distance or velocity measured after the
+    step), so a segment's return is a sum over exactly the states the teacher judged.
     Network inputs are the state dimensions where ``input_mask`` is True
     (``task.layout.input_mask``: unbounded root positions are left out) and the action.
     ``weight_decay`` is AdamW's decoupled decay (shrink per step ``lr * weight_decay``):
@@ -171,8 +174,11 @@ class RewardEnsemble:
         activation: str = "silu",
         lr: float = 1e-3,
         weight_decay: float = 1.0,
+        state: str = "next",
         seed: int = 0,
     ) -> None:
+        if state not in ("current", "next"):
+            raise ValueError(f"state must be 'current' (r(s_t, a_t)) or 'next' (r(a_t, s_t+1)), got {state!r}")
         if state_dim < 1 or action_dim < 1:
             raise ValueError(
                 f"need positive sizes, got state_dim={state_dim}, action_dim={action_dim}"
@@ -184,6 +190,7 @@ class RewardEnsemble:
         self.state_dim = state_dim
         self.action_dim = action_dim
         self.input_mask = _mask_or_all(input_mask, state_dim)
+        self.state = state
         self.ensemble_size = ensemble_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -198,6 +205,7 @@ class RewardEnsemble:
             "hidden": hidden,
             "layers": layers,
             "activation": activation,
+            "state": state,
         }
         init_gen = torch.Generator().manual_seed(int(seed))
         self.net = _RewardNet(
@@ -236,11 +244,15 @@ class RewardEnsemble:
         mask = torch.zeros(len(segments), t_max, dtype=torch.bool)
         for i, seg in enumerate(segments):
             self._check_segment(seg)
-            # r(s_t, a_t) for t < T: the last state only closes the segment.
-            step = np.concatenate([seg.states[:-1], seg.actions], axis=1)
+            # one row per step t < T: (s_t or s_{t+1}, a_t)
+            step = np.concatenate([self._step_states(seg.states), seg.actions], axis=1)
             x[i, : seg.length] = torch.as_tensor(step, dtype=torch.float32)
             mask[i, : seg.length] = True
         return x, mask
+
+    def _step_states(self, states: np.ndarray) -> np.ndarray:
+        """The state each step's reward reads, from a segment's states [T+1, S] -> [T, S]."""
+        return states[1:] if self.state == "next" else states[:-1]
 
     def _features(self, raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[N, T, S+A] -> normalised network inputs [N, T, in], padding left at zero."""
@@ -362,9 +374,22 @@ class RewardEnsemble:
         self,
         states: np.ndarray | torch.Tensor,
         actions: np.ndarray | torch.Tensor,
+        next_states: np.ndarray | torch.Tensor | None = None,
+        *,
         dtype: str | torch.dtype = "float32",
     ) -> torch.Tensor:
-        """Standardised reward of every member: states [..., S], actions [..., A] -> [E, ...]."""
+        """Standardised reward of every member for transitions (s_t, a_t, s_{t+1}).
+
+        states [..., S], actions [..., A], next_states [..., S] -> [E, ...].
+        ``next_states`` is required when the model reads ``s_{t+1}`` and may be
+        omitted when it reads ``s_t``.
+        """
+        if self.state == "next":
+            if next_states is None:
+                raise ValueError(
+                    "this reward model reads the next state r(a_t, s_t+1): pass next_states"
+                )
+            states = next_states
         s = torch.as_tensor(states)
         a = torch.as_tensor(actions)
         if s.shape[-1] != self.state_dim or a.shape[-1] != self.action_dim:
@@ -389,15 +414,19 @@ class RewardEnsemble:
         self,
         states: np.ndarray | torch.Tensor,
         actions: np.ndarray | torch.Tensor,
+        next_states: np.ndarray | torch.Tensor | None = None,
+        *,
         dtype: str | torch.dtype = "float32",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensemble mean and std of the standardised reward r(s, a): both [...] float32.
+        """Ensemble mean and std of the standardised reward of transitions: both [...] float32.
+
+        Shapes as in :meth:`predict_members`.
 
         ``dtype="bfloat16"`` runs the networks in bfloat16 (input normalisation and
         the mean/std stay float32). The std is over members (population std, so
         E=1 gives 0, not NaN).
         """
-        r = self.predict_members(states, actions, dtype)  # [E, ...]
+        r = self.predict_members(states, actions, next_states, dtype=dtype)  # [E, ...]
         return r.mean(0), r.std(0, unbiased=False)
 
     @torch.no_grad()
@@ -415,7 +444,7 @@ class RewardEnsemble:
         returns = []
         for seg in (left, right):
             self._check_segment(seg)
-            s = torch.as_tensor(seg.states[:-1], dtype=torch.float32)
+            s = torch.as_tensor(self._step_states(seg.states), dtype=torch.float32)
             a = torch.as_tensor(seg.actions, dtype=torch.float32)
             returns.append(self.net.raw(self.net.features(s, a)).sum(-1))  # [E]
         return returns[0] - returns[1]
@@ -463,8 +492,8 @@ def preference_accuracy(model: RewardEnsemble, pairs: Sequence[PreferencePair]) 
         pref = Preference(pref)
         if pref not in (Preference.LEFT, Preference.RIGHT):
             continue
-        r_left = model.predict(left.states[:-1], left.actions)[0].sum()
-        r_right = model.predict(right.states[:-1], right.actions)[0].sum()
+        r_left = model.predict(left.states[:-1], left.actions, left.states[1:])[0].sum()
+        r_right = model.predict(right.states[:-1], right.actions, right.states[1:])[0].sum()
         says_left = bool(r_left > r_right)
         says_right = bool(r_right > r_left)
         correct += says_left if pref is Preference.LEFT else says_right
@@ -481,7 +510,7 @@ def reward_spearman(
     actions: np.ndarray,
     next_states: np.ndarray,
 ) -> float:
-    """Spearman rank correlation of the learned mean r(s, a) with ``task.true_reward(s, a, s')``.
+    """Spearman rank correlation of the learned mean reward with ``task.true_reward(s, a, s')``.
 
     states [N, S], actions [N, A], next_states [N, S]: held-out transitions. Leike
     et al. 2018, Sec. 5.9: testing the reward model against held-out ground truth.
@@ -503,7 +532,7 @@ def reward_spearman(
     true = task.true_reward(states, actions, next_states)
     if np.ptp(true) == 0:
         raise ValueError("the true reward is constant on these transitions; Spearman is undefined")
-    pred = model.predict(states, actions)[0].numpy()
+    pred = model.predict(states, actions, next_states)[0].numpy()
     if np.ptp(pred) == 0:
         raise ValueError(
             "the learned reward is constant on these transitions; Spearman is undefined"

@@ -93,7 +93,7 @@ def synthesise(
     scale = wm.target_norm.std.clamp(min=1e-6)
 
     def acquisition(s, a, s_next):
-        mean, std = reward_model.predict(s, a)
+        mean, std = reward_model.predict(s, a, s_next)
         if objective == "min_reward":
             return -mean, torch.zeros_like(mean)
         score = std

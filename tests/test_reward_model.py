@@ -124,7 +124,8 @@ def test_output_is_standardised_per_member_on_training_steps(trained):
     seen = {(id(s.states), s.meta["t"]): s for p in train_pairs for s in p[:2]}
     s = np.concatenate([seg.states[:-1] for seg in seen.values()])
     a = np.concatenate([seg.actions for seg in seen.values()])
-    members = model.predict_members(s, a)  # [E, rows]
+    s2 = np.concatenate([seg.states[1:] for seg in seen.values()])
+    members = model.predict_members(s, a, s2)  # [E, rows]
     # Each distinct training step is used once here; the fit saw repeats, so allow slack.
     assert members.mean(1).abs().max() < 0.1
     assert ((members.std(1) - 1).abs() < 0.1).all()
@@ -133,12 +134,13 @@ def test_output_is_standardised_per_member_on_training_steps(trained):
 
 def test_predict_batched_matches_loop_over_members(trained):
     model, _, _, _, held_out = trained
-    s, a, _ = transitions(held_out[:3])
+    s, a, s2 = transitions(held_out[:3])
     s, a = s.reshape(3, -1, TASK.state_dim), a.reshape(3, -1, TASK.action_dim)
-    mean, std = model.predict(s, a)  # [3, T]
+    s2 = s2.reshape(3, -1, TASK.state_dim)
+    mean, std = model.predict(s, a, s2)  # [3, T]
     net = model.net
     feats = net.features(
-        torch.as_tensor(s.reshape(-1, TASK.state_dim)),
+        torch.as_tensor(s2.reshape(-1, TASK.state_dim)),  # the model reads s_{t+1}
         torch.as_tensor(a.reshape(-1, TASK.action_dim)),
     )
     per_member = []
@@ -153,9 +155,9 @@ def test_predict_batched_matches_loop_over_members(trained):
 
 def test_bfloat16_inference_tracks_float32(trained):
     model, _, _, _, held_out = trained
-    s, a, _ = transitions(held_out)
-    m32, s32 = model.predict(s, a)
-    m16, s16 = model.predict(s, a, dtype="bfloat16")
+    s, a, s2 = transitions(held_out)
+    m32, s32 = model.predict(s, a, s2)
+    m16, s16 = model.predict(s, a, s2, dtype="bfloat16")
     assert m16.dtype == torch.float32
     # bfloat16 keeps 8 bits of mantissa: errors of a few percent of the unit reward scale.
     assert (m16 - m32).abs().mean() < 0.05
@@ -165,17 +167,20 @@ def test_bfloat16_inference_tracks_float32(trained):
 
 def test_state_dict_round_trip_and_cache_invalidation(trained):
     model, _, _, _, held_out = trained
-    s, a, _ = transitions(held_out[:5])
+    s, a, s2 = transitions(held_out[:5])
     fresh = new_model(seed=123)
-    before = fresh.predict(s, a, dtype="bfloat16")[0]  # fills fresh's inference cache
+    before = fresh.predict(s, a, s2, dtype="bfloat16")[0]  # fills fresh's inference cache
     fresh.load_state_dict(model.state_dict())
     for dtype in ("float32", "bfloat16"):
-        for got, want in zip(fresh.predict(s, a, dtype), model.predict(s, a, dtype), strict=True):
-            torch.testing.assert_close(got, want, atol=0, rtol=0)
-    assert not torch.equal(before, fresh.predict(s, a, dtype="bfloat16")[0])
+        got, want = fresh.predict(s, a, s2, dtype=dtype), model.predict(s, a, s2, dtype=dtype)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=0, rtol=0)
+    assert not torch.equal(before, fresh.predict(s, a, s2, dtype="bfloat16")[0])
     assert fresh.fitted
     with pytest.raises(ValueError, match="hidden"):
         new_model(hidden=32).load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="state"):
+        new_model(state="current").load_state_dict(model.state_dict())
 
 
 def test_ties_are_half_targets_and_cannot_tell_is_excluded(rng):
@@ -195,25 +200,32 @@ def test_ties_are_half_targets_and_cannot_tell_is_excluded(rng):
 
 def test_same_seed_same_model(rng):
     pairs = sample_pairs(cheetah_episodes(0)[:40], 50, rng, PreferenceTeacher(TASK))
-    s, a, _ = transitions(cheetah_episodes(0)[40:42])
+    s, a, s2 = transitions(cheetah_episodes(0)[40:42])
     preds = []
     for _ in range(2):
         model = new_model(seed=5, ensemble_size=3)
         model.fit(pairs, generator=torch.Generator().manual_seed(9), epochs=3)
-        preds.append(model.predict(s, a)[0])
+        preds.append(model.predict(s, a, s2)[0])
     torch.testing.assert_close(preds[0], preds[1], atol=0, rtol=0)
 
 
 def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="input_mask"):
         RewardEnsemble(TASK.state_dim, TASK.action_dim, input_mask=np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="'current'"):
+        new_model(state="previous")
     model = new_model(ensemble_size=2)
+    s, a = np.zeros((4, TASK.state_dim)), np.zeros((4, TASK.action_dim))
+    with pytest.raises(ValueError, match="pass next_states"):
+        model.predict(s, a)
     with pytest.raises(ValueError, match="predict expects"):
-        model.predict(np.zeros((4, TASK.state_dim + 1)), np.zeros((4, TASK.action_dim)))
+        model.predict(s, a, np.zeros((4, TASK.state_dim + 1)))
     with pytest.raises(ValueError, match="leading"):
-        model.predict(np.zeros((4, TASK.state_dim)), np.zeros((5, TASK.action_dim)))
+        model.predict(s, np.zeros((5, TASK.action_dim)), s)
     with pytest.raises(ValueError, match="dtype"):
-        model.predict(np.zeros((4, TASK.state_dim)), np.zeros((4, TASK.action_dim)), "float16")
+        model.predict(s, a, s, dtype="float16")
+    # a model of r(s_t, a_t) needs no next state
+    assert new_model(ensemble_size=2, state="current").predict(s, a)[0].shape == (4,)
     short = Segment(np.zeros((3, 5)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="expects S="):
         model.preference_probability(short, short)

@@ -128,6 +128,7 @@ class Assistant:
                 m, s = self._reward_model.predict(
                     torch.as_tensor(segment.states[:-1], dtype=torch.float32),
                     torch.as_tensor(segment.actions, dtype=torch.float32),
+                    torch.as_tensor(segment.states[1:], dtype=torch.float32),
                 )  # [T], [T]
                 r_mean, r_std = _floats(m), _floats(s)
             if self._classifier is not None:
