@@ -178,7 +178,9 @@ class RewardEnsemble:
         seed: int = 0,
     ) -> None:
         if state not in ("current", "next"):
-            raise ValueError(f"state must be 'current' (r(s_t, a_t)) or 'next' (r(a_t, s_t+1)), got {state!r}")
+            raise ValueError(
+                f"state must be 'current' (r(s_t, a_t)) or 'next' (r(a_t, s_t+1)), got {state!r}"
+            )
         if state_dim < 1 or action_dim < 1:
             raise ValueError(
                 f"need positive sizes, got state_dim={state_dim}, action_dim={action_dim}"
