@@ -73,6 +73,11 @@ class ModelImagination:
     propagation:  ts1 | tsinf | expectation (PETS Sec. 5)
     dtype:        inference dtype of the world model
     generator:    randomness of the particles (advances with every call)
+    penalty:      None (default): unacceptable steps are reported to the planner, which
+                  rejects such plans. A number: the baseline of penalising instead of
+                  rejecting; each step's reward mean is lowered by ``penalty * p_unacceptable``
+                  and nothing is reported as unacceptable (the reward is standardised, so
+                  the penalty is in units of the reward's per-step standard deviation).
     """
 
     world_model: WorldModel
@@ -82,6 +87,7 @@ class ModelImagination:
     generator: torch.Generator
     propagation: str = "ts1"
     dtype: str = "float32"
+    penalty: float | None = None
 
     def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
         """state [S], actions [N, H, A] -> ImaginedBatch with states [N, P, H+1, S]."""
@@ -101,7 +107,11 @@ class ModelImagination:
             p_unacc, violations = ev.p_unacceptable, ev.violations
         else:
             p_unacc, violations = torch.zeros(N, P, H1 - 1), {}
-        return ImaginedBatch(states, mean.float(), std.float(), p_unacc, violations)
+        mean = mean.float()
+        if self.penalty is not None:
+            mean = mean - self.penalty * p_unacc
+            p_unacc, violations = torch.zeros_like(p_unacc), {}
+        return ImaginedBatch(states, mean, std.float(), p_unacc, violations)
 
 
 def as_tensor_state(state: np.ndarray) -> torch.Tensor:

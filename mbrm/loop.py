@@ -57,14 +57,32 @@ class LoopSettings:
     classifier_epochs: int = 100
     calibration_fraction: float = 0.3  # of unacceptable labels held out for the threshold
     alpha: float = 0.05  # target miss rate of the calibrated classifier
-    imagined_every: int = 5  # keep the planner's best imagined future every k steps
+    imagined_every: int = 5  # keep the planner's best imagined future every k steps (0: never)
     frozen_reward_after: int | None = None  # stop updating the reward model after this iteration
     # the learned entry stays off while it flags more held-out acceptable states than this
     max_false_positive_rate: float = 0.3
+    # reject: plans with an unacceptable imagined step are rejected; penalty: the baseline that
+    # subtracts constraint_penalty * p_unacceptable from each step's reward instead
+    constraint_mode: str = "reject"
+    constraint_penalty: float = 10.0
     human_wait_seconds: float = (
         0.0  # human mode: wait this long for the queue to be labelled (0: go on)
     )
     solicit: SolicitSettings = field(default_factory=SolicitSettings)
+
+    def __post_init__(self) -> None:
+        if self.constraint_mode not in ("reject", "penalty"):
+            raise ValueError(
+                f"experiment.constraint_mode must be 'reject' or 'penalty', got {self.constraint_mode!r}"
+            )
+        if self.constraint_penalty < 0:
+            raise ValueError(
+                f"experiment.constraint_penalty must be >= 0, got {self.constraint_penalty}"
+            )
+        if self.imagined_every < 0:
+            raise ValueError(
+                f"experiment.imagined_every must be >= 0 (0: no imagined candidates), got {self.imagined_every}"
+            )
 
 
 class Loop:
@@ -166,6 +184,8 @@ class Loop:
             if self.reward_model is None
             else learned_reward(self.reward_model, self.settings.dtype)
         )
+        # the oracle baseline (reward_model None) always rejects
+        penalise = self.settings.constraint_mode == "penalty" and self.reward_model is not None
         return ModelImagination(
             self.world_model,
             reward,
@@ -174,6 +194,7 @@ class Loop:
             self.torch_gen,
             self.settings.propagation,
             self.settings.dtype,
+            penalty=self.settings.constraint_penalty if penalise else None,
         )
 
     def agent(self) -> Agent:
@@ -217,7 +238,8 @@ class Loop:
                 stats["plan_seconds"].append(info.seconds)
                 for name, n in plan.rejected_by.items():
                     stats["blocked"][name] = stats["blocked"].get(name, 0) + n
-                if record and t % self.settings.imagined_every == 0:
+                every = self.settings.imagined_every
+                if record and every > 0 and t % every == 0:
                     self.imagined.append(
                         imagined_segment(
                             plan.top_states, plan.top_actions, self.settings.solicit.segment_length

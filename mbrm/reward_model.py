@@ -172,8 +172,8 @@ class RewardEnsemble:
         hidden: int = 64,
         layers: int = 2,
         activation: str = "silu",
-        lr: float = 1e-3,
-        weight_decay: float = 1.0,
+        lr: float = 3e-3,
+        weight_decay: float = 0.01,
         state: str = "next",
         seed: int = 0,
     ) -> None:

@@ -251,3 +251,44 @@ def test_learned_entry_waits_until_the_classifier_is_ready(tmp_path, rng, torch_
     assert "unacceptable" not in loop._build_constraints().names
     loop.classifier_ready = True
     assert "unacceptable" in loop._build_constraints().names
+
+
+def test_penalty_mode_subtracts_instead_of_rejecting(tmp_path):
+    """constraint_mode=penalty: the imagination reports nothing unacceptable and lowers the
+    reward by penalty * p_unacceptable; the oracle baseline still rejects."""
+    import torch
+
+    cfg = tiny_cfg("reacher_keepout", "cem", "experiment.constraint_mode=penalty")
+    loop = build_loop(cfg, tmp_path)
+    loop.run()
+    penalising = loop._imagination()
+    assert penalising.penalty == 10.0
+    rejecting = loop._imagination()
+    rejecting.penalty = None  # the same models, rejecting
+    state = torch.as_tensor(loop.replay.arrays()[0][0], dtype=torch.float32)
+    actions = torch.rand(6, 4, loop.task.action_dim, generator=torch.Generator().manual_seed(0))
+    actions = actions * 2 - 1
+    for im in (rejecting, penalising):
+        im.particles = 1
+        im.propagation = "expectation"  # deterministic: both see the same imagined states
+    a, b = rejecting(state, actions), penalising(state, actions)
+    torch.testing.assert_close(a.states, b.states)
+    assert not b.p_unacceptable.any() and b.violations == {}
+    torch.testing.assert_close(b.reward_mean, a.reward_mean - 10.0 * a.p_unacceptable)
+    loop.reward_model, saved = None, loop.reward_model
+    assert loop._imagination().penalty is None
+    loop.reward_model = saved
+
+
+def test_real_only_queries_and_bad_schedule_options(tmp_path):
+    cfg = tiny_cfg(
+        "reacher_keepout", "cem", "experiment.imagined_every=0", "experiment.solicit.synthesised=0"
+    )
+    loop = build_loop(cfg, tmp_path / "real")
+    loop.run()
+    sources = loop.store.label_counts("source")
+    assert set(sources) == {"real"}, sources
+    with pytest.raises(ValueError, match="constraint_mode"):
+        build_loop(tiny_cfg("reacher_keepout", "cem", "experiment.constraint_mode=soft"), tmp_path)
+    with pytest.raises(ValueError, match="imagined_every"):
+        build_loop(tiny_cfg("reacher_keepout", "cem", "experiment.imagined_every=-1"), tmp_path)
