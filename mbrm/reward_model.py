@@ -157,8 +157,9 @@ class RewardEnsemble:
     Network inputs are the state dimensions where ``input_mask`` is True
     (``task.layout.input_mask``: unbounded root positions are left out) and the action.
     ``weight_decay`` is AdamW's decoupled decay (shrink per step ``lr * weight_decay``):
-    noise-free preferences are separable, so without it the Bradley-Terry logits
-    grow without bound and the per-step reward overfits.
+    noise-free preferences are separable, so some decay keeps the Bradley-Terry logits
+    bounded; too much underfits (on the reacher, decay 1.0 learned the distance term
+    too weakly against the control cost: Spearman 0.77 vs 0.88 on late states).
     """
 
     def __init__(
