@@ -1,0 +1,114 @@
+"""The experiment scripts' pipeline: Hydra multirun sweep, reuse, table and plot.
+
+Runs ``benchmarks/exp4_reward_hacking.py --smoke`` (two arms of tiny runs) end to end,
+then again to check that finished runs are reused: one seed in ``make test`` (~35 s),
+two seeds run two at a time with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load_sweep():
+    """benchmarks/sweep.py by path: the directory is not a package."""
+    spec = importlib.util.spec_from_file_location("sweep", BENCH / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sweep"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+sw = _load_sweep()
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "seeds", [(0,), pytest.param((0, 1), marks=pytest.mark.slow)], ids=["one_seed", "two_seeds"]
+)
+def test_smoke_experiment_end_to_end_and_reuse(tmp_path, seeds):
+    listed = ",".join(map(str, seeds))
+    args = ("--smoke", "--seeds", listed, "--jobs", "2", "--root", str(tmp_path))
+    first = run_script("exp4_reward_hacking.py", *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for arm in ("demo", "frozen_after_2"):
+        for seed in seeds:
+            run = tmp_path / "reacher_keepout" / arm / f"seed_{seed}"
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["seed"] == seed and summary["task"] == "reacher_keepout"
+            meta = json.loads((run / "sweep.json").read_text())
+            assert "experiment.iterations=5" in meta["overrides"]  # the smoke schedule
+    cfg = (tmp_path / "reacher_keepout" / "frozen_after_2" / "seed_0" / "config.yaml").read_text()
+    assert "frozen_reward_after: 2" in cfg
+    md = (tmp_path / "docs" / "exp4_reward_hacking.md").read_text()
+    assert "| reacher_keepout | online feedback |" in md
+    assert "| reacher_keepout | reward model frozen after iteration 2 |" in md
+    assert (tmp_path / "docs" / "exp4_reward_hacking.png").stat().st_size > 10_000
+    assert f"mbrm demo hydra.mode=MULTIRUN seed={listed} " in first.stdout
+
+    again = run_script("exp4_reward_hacking.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count(f"reusing {len(seeds)} finished runs") == 2
+    assert "running seeds" not in again.stdout
+
+
+def test_a_failed_run_names_its_variant_seed_and_log(tmp_path):
+    sweep = sw.Sweep(root=tmp_path, seeds=(0,), jobs=1, smoke=True)
+    bad = sw.task_variant("reacher_keepout", "bad", "experiment.constraint_mode=bogus")
+    with pytest.raises(sw.SweepError) as err:
+        sweep.run([bad])
+    message = str(err.value)
+    assert "reacher_keepout/bad" in message and "seeds [0]" in message
+    assert str(tmp_path / "reacher_keepout" / "bad" / "sweep.log") in message
+    assert "constraint_mode" in message  # the log's last lines carry the cause
+
+
+def test_runs_with_other_overrides_are_not_reused(tmp_path):
+    sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
+    v = sw.task_variant("reacher_keepout", "demo")
+    run = sweep.run_dir(v, 0)
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "sweep.json").write_text(json.dumps({"seed": 0, "overrides": sweep.overrides(v)}))
+    assert sweep._finished(v, 0)
+    other = sw.task_variant("reacher_keepout", "demo", "experiment.particles=3")
+    assert not sweep._finished(other, 0)
+    assert not sw.Sweep(root=tmp_path, seeds=(0,), smoke=False)._finished(v, 0)
+
+
+def test_command_and_smoke_sizes_follow_the_planner():
+    sweep = sw.Sweep(root=Path("/runs"), seeds=(0, 1, 2), jobs=2, smoke=True)
+    mcts = sw.task_variant("reacher_keepout", "mcts_fast", "planner=mcts_fast")
+    cmd = sweep.command(mcts, [1, 2])
+    assert cmd[:4] == ["mbrm", "demo", "hydra.mode=MULTIRUN", "seed=1,2"]
+    assert "planner.simulations=16" in cmd and "planner.population=12" not in cmd
+    assert cmd[-2:] == [
+        "hydra.sweep.dir=/runs",
+        "hydra.sweep.subdir=reacher_keepout/mcts_fast/seed_${seed}",
+    ]
+    assert "hydra.launcher.n_jobs=2" in cmd
+    assert sweep.compose(mcts).planner._target_ == "planners.mcts.MCTSPlanner"
+    assert sw.planner_family(sw.task_variant("reacher_keepout", "demo").overrides) == "cem"
+
+
+def test_mean_sd_ignores_missing_values():
+    assert sw.mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
+    assert sw.mean_sd([float("nan"), 2.0], ".1f") == "2.0"
+    assert sw.mean_sd([float("nan")]) == "n/a"
