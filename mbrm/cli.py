@@ -148,10 +148,36 @@ def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
         print(f"  report                 {report}")
 
 
+# Hydra flags followed by a value as a separate argument.
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+
+
 def _hydra_entry(argv: list[str], extra: list[str] | None = None) -> None:
     import hydra
 
-    sys.argv = [sys.argv[0], *(extra or []), *argv]
+    # Hydra takes flags (-m, --cfg job, ...) before overrides only: keep the user's flags
+    # ahead of the overrides this command adds.
+    flags, overrides = [], []
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            flags.append(arg)
+        elif i > 0 and argv[i - 1] in _FLAGS_WITH_VALUE:
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    sys.argv = [sys.argv[0], *flags, *(extra or []), *overrides]
     main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train)
     main()
 
@@ -214,3 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         _options()
     else:
         raise SystemExit(f"mbrm: unknown command {cmd!r}\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -58,7 +58,8 @@ class LoopSettings:
     calibration_fraction: float = 0.3  # of unacceptable labels held out for the threshold
     alpha: float = 0.05  # target miss rate of the calibrated classifier
     imagined_every: int = 5  # keep the planner's best imagined future every k steps (0: never)
-    frozen_reward_after: int | None = None  # stop updating the reward model after this iteration
+    # stop updating the reward model after this iteration (iterations count exploration episodes)
+    frozen_reward_after: int | None = None
     # the learned entry stays off while it flags more held-out acceptable states than this
     max_false_positive_rate: float = 0.3
     # reject: plans with an unacceptable imagined step are rejected; penalty: the baseline that
@@ -78,6 +79,14 @@ class LoopSettings:
         if self.constraint_penalty < 0:
             raise ValueError(
                 f"experiment.constraint_penalty must be >= 0, got {self.constraint_penalty}"
+            )
+        first_fit = self.explore_episodes - 1  # the reward model is first fitted here
+        if self.frozen_reward_after is not None and self.frozen_reward_after < max(first_fit, 0):
+            raise ValueError(
+                f"experiment.frozen_reward_after={self.frozen_reward_after} freezes the reward model "
+                f"before its first fit (iteration {first_fit}, the last of "
+                f"{self.explore_episodes} exploration episodes; iterations count them): it would "
+                "never be trained"
             )
         if self.imagined_every < 0:
             raise ValueError(
@@ -156,11 +165,27 @@ class Loop:
             "oracle_constraints": self.oracle_constraints,
         }
 
-    def _build_constraints(self) -> ConstraintSet:
-        """The configured set; the learned entry is left out until the classifier is calibrated."""
+    def _build_constraints(self, oracle_baseline: bool = False) -> ConstraintSet:
+        """The configured set; the learned entry is left out until the classifier is calibrated.
+
+        ``oracle_baseline``: the set of the oracle that scores are normalised against. It
+        always rejects the task's unacceptable states (the hidden rule), also in runs
+        configured without a learned entry (``constraints=none``), so that every arm of
+        a comparison is normalised against the same safe oracle.
+        """
         entries = self.constraint_entries
         if isinstance(entries, dict):
             entries = {k: v for k, v in entries.items() if v is not None}
+        if oracle_baseline:
+            kinds = [
+                e.get("kind") for e in (entries.values() if isinstance(entries, dict) else entries)
+            ]
+            if "learned" not in kinds:
+                hidden = {"kind": "learned"}
+                if isinstance(entries, dict):
+                    entries = {**entries, "unacceptable (hidden rule)": hidden}
+                else:
+                    entries = [*entries, hidden]
         clf = OracleClassifier(self.task) if self.oracle_constraints else self.classifier
         calibrated = clf is not None and getattr(clf, "threshold", None) is not None
         calibrated = calibrated and (self.oracle_constraints or self.classifier_ready)
@@ -514,7 +539,7 @@ class Loop:
         random = [self.run_episode(None, seed=k, record=False) for k in seeds]
         oracle_loop_reward, oracle_clf = self.reward_model, self.oracle_constraints
         self.reward_model, self.oracle_constraints = None, True
-        self.constraint_set = self._build_constraints()
+        self.constraint_set = self._build_constraints(oracle_baseline=True)
         oracle = [
             self.run_episode(self.agent(), seed=k, record=False)
             for k in tqdm(seeds, desc="oracle", disable=not self.progress)

@@ -292,3 +292,35 @@ def test_real_only_queries_and_bad_schedule_options(tmp_path):
         build_loop(tiny_cfg("reacher_keepout", "cem", "experiment.constraint_mode=soft"), tmp_path)
     with pytest.raises(ValueError, match="imagined_every"):
         build_loop(tiny_cfg("reacher_keepout", "cem", "experiment.imagined_every=-1"), tmp_path)
+
+
+def test_demo_takes_hydra_flags_after_its_own_overrides(capsys):
+    """`mbrm demo --cfg job seed=3`: the user's flags go before the demo's overrides."""
+    from mbrm.cli import main
+
+    main(["demo", "seed=3", "--cfg", "job"])
+    out = capsys.readouterr().out
+    assert "seed: 3" in out and "population: 100" in out  # planner=cem_fast from the demo
+
+
+def test_oracle_baseline_rejects_the_hidden_rule_without_a_learned_entry(tmp_path):
+    loop = build_loop(tiny_cfg("reacher_keepout", "cem", "constraints=none"), tmp_path)
+    assert len(loop._build_constraints().entries) == 0
+    loop.oracle_constraints = True
+    names = [e.name for e in loop._build_constraints(oracle_baseline=True).entries]
+    assert names == ["unacceptable (hidden rule)"]
+
+
+def test_freezing_before_the_first_reward_fit_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="never be trained"):
+        build_loop(
+            tiny_cfg("reacher_keepout", "cem", "experiment.frozen_reward_after=-1"), tmp_path
+        )
+    cfg = tiny_cfg(
+        "reacher_keepout",
+        "cem",
+        "experiment.explore_episodes=4",
+        "experiment.frozen_reward_after=2",
+    )
+    with pytest.raises(ValueError, match="iteration 3"):
+        build_loop(cfg, tmp_path)
