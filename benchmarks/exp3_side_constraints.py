@@ -10,9 +10,9 @@ Three arms on the same task and teacher:
 - ``none``: no side-constraints at all (``constraints=none``).
 
 Measured over seeds: unacceptable steps during training and in evaluation, the
-evaluation return, the normalised score, and plans blocked. The ``none`` arm's
-oracle also plans without the unacceptable rule (its constraint set is empty), so
-its normalised score has another denominator: compare the raw evaluation returns.
+evaluation return, the normalised score, and plans blocked. Every arm is normalised
+against the same oracle, which rejects the hidden unacceptable rule (also in the
+``none`` arm).
 
 Anchor: Saunders et al. 2018 (*Trial without error*): a learned blocker of
 catastrophic actions, trained on human labels, kept the agent from catastrophes
@@ -139,8 +139,8 @@ def main() -> None:
         intro=(
             "Unacceptable outcomes (steps; evaluation: summed over the evaluation episodes) and "
             "return when imagined unacceptable futures are rejected by the calibrated classifier, "
-            "penalised in the planning reward, or not modelled at all. The `none` arm's oracle "
-            "plans without the unacceptable rule too, so compare its raw evaluation return. "
+            "penalised in the planning reward, or not modelled at all. Every arm is normalised "
+            "against the same oracle, which rejects the hidden unacceptable rule. "
             f"Mean ± sd over seeds {list(sweep.seeds)}. Anchor: Saunders et al. 2018."
         ),
         budget=sw.budget_text(sweep, tasks),
