@@ -31,6 +31,15 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 
+# In-place forms of the activations, for inference into reused buffers.
+INPLACE_ACTIVATIONS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.SiLU: lambda h: nn.functional.silu(h, inplace=True),
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
+    nn.ELU: lambda h: nn.functional.elu(h, inplace=True),
+    nn.LeakyReLU: lambda h: nn.functional.leaky_relu(h, inplace=True),
+}
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -148,6 +157,48 @@ class EnsembleMLP(nn.Module):
                 h = self.act(h)
         return h
 
+    def scratch(self, rows: int) -> torch.Tensor:
+        """A flat buffer for :meth:`infer` on up to ``rows`` rows per member."""
+        hidden = self.linears[0].out_features if len(self.linears) > 1 else 0
+        n = rows * (2 * hidden + self.ensemble_size * self.out_features)
+        return torch.empty(n, dtype=self.linears[0].weight.dtype)
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` without allocating: x [E, B, in] -> a view [E, B, out] into ``scratch``.
+
+        Runs one member at a time through all its layers, its hidden activations
+        alternating between two [B, hidden] regions of ``scratch`` (from
+        :meth:`scratch`): at the PETS sizes these stay in the core's L2 cache from one
+        layer to the next, where the batched layers' [E, B, hidden] do not, and the
+        networks ran about 10% faster. The same matmuls as :meth:`forward`, up to
+        the BLAS kernel's summation order. The result is overwritten by the next
+        call with the same ``scratch``.
+        """
+        if x.dim() != 3 or x.shape[0] != self.ensemble_size or x.shape[2] != self.in_features:
+            raise ValueError(
+                f"expected input [E={self.ensemble_size}, B, in={self.in_features}], "
+                f"got {tuple(x.shape)}"
+            )
+        E, B, _ = x.shape
+        hidden = self.linears[0].out_features if len(self.linears) > 1 else 0
+        n = B * hidden
+        if scratch.numel() < 2 * n + E * B * self.out_features:
+            raise ValueError(f"scratch has {scratch.numel()} elements, too few for {B} rows")
+        regions = (scratch[:n].view(B, hidden), scratch[n : 2 * n].view(B, hidden))
+        out = scratch[2 * n : 2 * n + E * B * self.out_features].view(E, B, self.out_features)
+        act = INPLACE_ACTIVATIONS[type(self.act)]
+        x = x.to(self.linears[0].weight.dtype)
+        last = len(self.linears) - 1
+        for e in range(E):
+            h = x[e]
+            for i, lin in enumerate(self.linears):
+                dst = out[e] if i == last else regions[i % 2]
+                h = torch.addmm(lin.bias[e], h, lin.weight[e], out=dst)
+                if i < last:
+                    act(h)
+        return out
+
     def select(self, members: list[int] | torch.Tensor) -> EnsembleMLP:
         """A detached copy holding only the given members (e.g. the elites)."""
         idx = torch.as_tensor(members, dtype=torch.long)
@@ -175,6 +226,19 @@ def inference_copy(module: nn.Module, dtype: str | torch.dtype) -> nn.Module:
             m.weight.data = m.weight.data.to(dt)
             m.bias.data = m.bias.data.to(dt)
     return out
+
+
+def member_mean_std(y: torch.Tensor, *, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over the leading (member) axis: y [E, ...] -> [...], [...].
+
+    ``torch.std(y, 0)`` runs a Welford update per output element along a strided
+    axis; for [5, 240000] it took 54 ms on one thread, two plain passes 1.6 ms.
+    ``unbiased`` divides by E - 1 (NaN for E = 1, as torch does) instead of E.
+    """
+    n = y.shape[0] - 1 if unbiased else y.shape[0]
+    mean = y.mean(0)
+    d = y - mean
+    return mean, d.mul_(d).sum(0).div_(n).sqrt_()
 
 
 class StateFeatures(nn.Module):

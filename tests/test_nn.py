@@ -11,6 +11,7 @@ from mbrm.nn import (
     StateFeatures,
     bootstrap_indices,
     inference_copy,
+    member_mean_std,
 )
 
 
@@ -97,3 +98,32 @@ def test_state_features_drop_excluded_and_encode_periodic_angles():
     torch.testing.assert_close(feats(turned), feats(s), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="periodic_mask"):
         StateFeatures(np.ones(3, bool), np.ones(4, bool))
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_member_mean_std_equals_torch(torch_gen, unbiased):
+    y = torch.randn(5, 7, 3, 4, generator=torch_gen) * 3 + 1
+    mean, std = member_mean_std(y, unbiased=unbiased)
+    torch.testing.assert_close(mean, y.mean(0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(std, y.std(0, unbiased=unbiased), atol=1e-6, rtol=1e-5)
+    _, one = member_mean_std(y[:1], unbiased=False)
+    assert torch.equal(one, torch.zeros(7, 3, 4))
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "tanh", "elu", "leaky_relu"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_infer_into_scratch_equals_forward(torch_gen, activation, dtype):
+    mlp = inference_copy(
+        EnsembleMLP(3, 7, 4, hidden=16, layers=3, activation=activation, generator=torch_gen),
+        dtype,
+    )
+    scratch = mlp.scratch(11)
+    for rows in (11, 5):  # a smaller batch reuses the front of the same buffer
+        x = torch.randn(3, rows, 7, generator=torch_gen)
+        tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == "float32" else {}  # bfloat16: its defaults
+        torch.testing.assert_close(mlp.infer(x, scratch), mlp(x), **tol)
+    with pytest.raises(ValueError, match="too few"):
+        mlp.infer(torch.randn(3, 12, 7, generator=torch_gen), scratch)
+    linear = EnsembleMLP(2, 3, 1, layers=0, generator=torch_gen)  # no hidden layer
+    x = torch.randn(2, 4, 3, generator=torch_gen)
+    torch.testing.assert_close(linear.infer(x, linear.scratch(4)), linear(x).detach())

@@ -121,6 +121,69 @@ def test_rollout_seeded_padded_and_bfloat16(torch_gen):
     torch.testing.assert_close(bf[:, :, 1], a[:, :, 1], atol=0.1, rtol=0.1)
 
 
+def _reference_rollout(wm, s0, actions, particles, generator, propagation, dtype):
+    """Trajectory sampling written plainly, step by step, as PETS Sec. 5 describes it."""
+    N, H, _ = actions.shape
+    net, E, S, B = wm._elite_net(dtype), wm.num_elites, wm.state_dim, N * particles
+    per = -(-B // E)
+    candidate = torch.arange(B) // particles
+    cur = s0.expand(B, S).clone()
+    out = [cur]
+    slot = wm._deal(B, per * E - B, generator)
+    for t in range(H):
+        if propagation == "ts1" and t > 0:
+            slot = wm._deal(B, per * E - B, generator)
+        x = wm._inputs(cur[slot], actions[candidate[slot], t]).view(E, per, -1)
+        mean, logvar = wm._gaussian(net(x))
+        noise = torch.randn(E, per, S, generator=generator)
+        delta = wm.target_norm.inverse(mean + noise * torch.exp(0.5 * logvar))
+        nxt = torch.empty_like(cur)
+        nxt[slot[:B]] = cur[slot][:B] + delta.view(E * per, S)[:B]
+        cur = nxt
+        out.append(cur)
+    return torch.stack(out, 1).view(N, particles, H + 1, S)
+
+
+@pytest.mark.parametrize("propagation", ["ts1", "tsinf"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_in_place_trajectory_sampling_equals_the_plain_steps(torch_gen, propagation, dtype):
+    """The rollout's preallocated, in-place steps are the same arithmetic as the plain ones."""
+    input_mask = np.array([False, True, True, True, True])
+    periodic_mask = np.array([False, False, True, False, False])
+    wm = WorldModel(
+        5,
+        2,
+        input_mask=input_mask,
+        periodic_mask=periodic_mask,
+        ensemble_size=4,
+        elites=3,
+        hidden=32,
+        layers=2,
+        seed=0,
+    )
+    with torch.no_grad():  # normalisers that are not the identity, noise that matters
+        d = wm.input_norm.mean.numel()  # 3 plain state features, sin and cos, 2 actions
+        wm.input_norm.mean.copy_(torch.randn(d, generator=torch_gen))
+        wm.input_norm.std.copy_(torch.rand(d, generator=torch_gen) + 0.5)
+        wm.target_norm.mean.copy_(torch.randn(5, generator=torch_gen) * 0.1)
+        wm.target_norm.std.copy_(torch.rand(5, generator=torch_gen) + 0.5)
+        wm.max_logvar.fill_(-1.0)
+    s0 = torch.randn(5, generator=torch_gen)
+    actions = torch.rand(7, 4, 2, generator=torch_gen)  # 7 * 5 particles is not a multiple of 3
+    got = wm.rollout(
+        s0,
+        actions,
+        particles=5,
+        generator=torch.Generator().manual_seed(3),
+        propagation=propagation,
+        dtype=dtype,
+    )
+    want = _reference_rollout(
+        wm, s0, actions, 5, torch.Generator().manual_seed(3), propagation, dtype
+    )
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
 def test_bad_arguments_are_clear_errors():
     wm = WorldModel(4, 2, ensemble_size=3, elites=2, hidden=16, layers=1)
     g = torch.Generator()
