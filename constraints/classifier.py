@@ -29,6 +29,7 @@ from mbrm.nn import (
     bootstrap_indices,
     config_mismatch,
     inference_copy,
+    member_mean_std,
     minibatches,
     resolve_dtype,
     row_slices,
@@ -271,7 +272,7 @@ class ConstraintClassifier:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ensemble mean and std (population, over members) of p(unacceptable | s): [...]."""
         p = self.predict_members(states, dtype)
-        return p.mean(0), p.std(0, unbiased=False)
+        return member_mean_std(p, unbiased=False)
 
     def _require_threshold(self) -> float:
         if self.calibration is None:

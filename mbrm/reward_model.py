@@ -37,6 +37,7 @@ from mbrm.nn import (
     bootstrap_indices,
     config_mismatch,
     inference_copy,
+    member_mean_std,
     minibatches,
     resolve_dtype,
     row_slices,
@@ -430,7 +431,7 @@ class RewardEnsemble:
         E=1 gives 0, not NaN).
         """
         r = self.predict_members(states, actions, next_states, dtype=dtype)  # [E, ...]
-        return r.mean(0), r.std(0, unbiased=False)
+        return member_mean_std(r, unbiased=False)
 
     @torch.no_grad()
     def preference_probability(self, left: Segment, right: Segment) -> torch.Tensor:
