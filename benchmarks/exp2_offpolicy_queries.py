@@ -40,7 +40,7 @@ import sweep as sw
 
 from mbrm.feedback.store import FeedbackStore
 
-TASKS = ("reacher_keepout", "half_cheetah_safe")
+TASKS = ("reacher_keepout",)
 STEM = "exp2_offpolicy_queries"
 TARGET_ACCURACY = 0.9
 REAL_ONLY = ("experiment.imagined_every=0", "experiment.solicit.synthesised=0")
