@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-all lint format bench experiments clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/world_model.py
 	$(BIN)/python benchmarks/planner.py --dtype float32
 	$(BIN)/python benchmarks/qp_filter.py
+
+# The README's Results tables (each script reuses finished runs under benchmarks/runs/).
+experiments: $(STAMP)
+	for n in 1_preferences 5_reward_alignment 2_offpolicy_queries 3_side_constraints \
+	         4_reward_hacking 6_planners 7_throughput; do \
+	  $(BIN)/python benchmarks/exp$$n.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
