@@ -238,7 +238,16 @@ class Sweep:
         ]
 
     def command_text(self, variant: Variant) -> str:
-        return shlex.join(self.command(variant, self.seeds))
+        """The command as a reader reruns it from the repository root."""
+        args = self.command(variant, self.seeds)
+        if self.root.is_relative_to(REPO):
+            args = [
+                f"hydra.sweep.dir={self.root.relative_to(REPO)}"
+                if a.startswith("hydra.sweep.dir=")
+                else a
+                for a in args
+            ]
+        return shlex.join(args)
 
     def compose(self, variant: Variant) -> Any:
         """The configuration a run of ``variant`` gets (no run is started)."""
