@@ -6,6 +6,7 @@ mbrm eval RUN_DIR               evaluate a run's final agent again
 mbrm report RUN_DIR             write RUN_DIR/report.md with plots
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
 mbrm options                    every configuration option with its one-line help
+mbrm label RUN_DIR              label RUN_DIR's queued queries in the browser
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def build_loop(cfg: Any, run_dir: Path):
     else:
         pref_teacher = unacc_teacher = None
     exp = dict(c["experiment"])
+    alpha = _learned_alpha(entries)
+    if alpha is not None:
+        exp["alpha"] = alpha  # the constraint's own alpha calibrates its classifier
     solicit = SolicitSettings(**exp.pop("solicit"))
     settings = LoopSettings(**exp, episode_length=c["task"].get("episode_length"), solicit=solicit)
     return Loop(
@@ -100,6 +104,26 @@ def build_loop(cfg: Any, run_dir: Path):
         qp_filter=dict(c["qp_filter"]["options"]) if c["qp_filter"]["enabled"] else None,
         progress=bool(c["progress"]),
     )
+
+
+def _learned_alpha(entries: Any) -> float | None:
+    """The ``alpha`` of the learned constraint entries, or None when none gives one.
+
+    One classifier is calibrated once per round, so learned entries that ask for
+    different alphas cannot all be honoured; that is a configuration error.
+    """
+    rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
+    alphas = {
+        str(name): e["alpha"]
+        for name, e in rows
+        if e and e.get("kind") == "learned" and e.get("alpha") is not None
+    }
+    if len(set(alphas.values())) > 1:
+        raise ValueError(
+            f"learned constraint entries ask for different alphas {alphas}: one classifier "
+            "is calibrated for one alpha; give them the same alpha or a fixed `threshold`"
+        )
+    return float(next(iter(alphas.values()))) if alphas else None
 
 
 def _train(cfg) -> dict:

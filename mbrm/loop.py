@@ -144,6 +144,9 @@ class Loop:
         self.episodes = 0
         self.metrics: list[dict[str, Any]] = []
         self.imagined: list = []  # segments from planning, consumed by each round
+        # Every entry is checked now, the learned one too (it joins the set only once
+        # the classifier is calibrated): a bad entry stops the run before any work.
+        self._build_constraints(keep_learned=True)
         self.constraint_set = self._build_constraints()
         self._tb = None  # TensorBoard writer, opened with the first metrics row
 
@@ -165,13 +168,17 @@ class Loop:
             "oracle_constraints": self.oracle_constraints,
         }
 
-    def _build_constraints(self, oracle_baseline: bool = False) -> ConstraintSet:
+    def _build_constraints(
+        self, oracle_baseline: bool = False, keep_learned: bool = False
+    ) -> ConstraintSet:
         """The configured set; the learned entry is left out until the classifier is calibrated.
 
         ``oracle_baseline``: the set of the oracle that scores are normalised against. It
         always rejects the task's unacceptable states (the hidden rule), also in runs
         configured without a learned entry (``constraints=none``), so that every arm of
-        a comparison is normalised against the same safe oracle.
+        a comparison is normalised against the same safe oracle. ``keep_learned``: the
+        learned entry stays in before calibration too (a start-up check of every entry;
+        such a set is not for planning).
         """
         entries = self.constraint_entries
         if isinstance(entries, dict):
@@ -189,7 +196,7 @@ class Loop:
         clf = OracleClassifier(self.task) if self.oracle_constraints else self.classifier
         calibrated = clf is not None and getattr(clf, "threshold", None) is not None
         calibrated = calibrated and (self.oracle_constraints or self.classifier_ready)
-        if not calibrated:
+        if not calibrated and not keep_learned:
             if isinstance(entries, dict):
                 entries = {k: v for k, v in entries.items() if v.get("kind") != "learned"}
             else:

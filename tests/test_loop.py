@@ -324,3 +324,33 @@ def test_freezing_before_the_first_reward_fit_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="iteration 3"):
         build_loop(cfg, tmp_path)
+
+
+def test_a_bad_learned_entry_stops_the_run_at_start_up(tmp_path):
+    """The learned entry joins the set only once calibrated, but it is checked at once."""
+    bad = tiny_cfg("reacher_keepout", "cem", "constraints.entries.unacceptable.alpha=2")
+    with pytest.raises(ValueError, match=r"'unacceptable'.*alpha 2"):
+        build_loop(bad, tmp_path)
+    both = tiny_cfg("reacher_keepout", "cem", "+constraints.entries.unacceptable.threshold=0.3")
+    with pytest.raises(ValueError, match="not both"):
+        build_loop(both, tmp_path)
+
+
+def test_the_learned_entry_alpha_calibrates_the_classifier(tmp_path):
+    cfg = tiny_cfg("reacher_keepout", "cem", "constraints.entries.unacceptable.alpha=0.1")
+    assert build_loop(cfg, tmp_path / "a").settings.alpha == 0.1
+    # without an alpha of its own, the entry is calibrated for experiment.alpha
+    cfg = tiny_cfg(
+        "reacher_keepout",
+        "cem",
+        "~constraints.entries.unacceptable.alpha",
+        "experiment.alpha=0.2",
+    )
+    assert build_loop(cfg, tmp_path / "b").settings.alpha == 0.2
+    two = tiny_cfg(
+        "reacher_keepout",
+        "cem",
+        "+constraints.entries.second={kind: learned, alpha: 0.2}",
+    )
+    with pytest.raises(ValueError, match="different alphas"):
+        build_loop(two, tmp_path / "c")
