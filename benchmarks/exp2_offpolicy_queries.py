@@ -98,6 +98,7 @@ def table(records: list[sw.RunRecord]) -> str:
                 sw.mean_sd([last_finite(r.column("reward_accuracy")) for r in recs]),
                 sw.mean_sd([x["train_unacceptable_steps"] for x in s], ".1f"),
                 sw.per_seed([x["train_unacceptable_steps"] for x in s], ".0f"),
+                sw.mean_sd([r.acting_unacceptable_steps() for r in recs], ".1f"),
                 sw.mean_sd([x["normalised_score"] for x in s]),
                 ", ".join(
                     f"{src} {np.mean([x['labels_by_source'].get(src, 0) for x in s]):.0f}"
@@ -114,8 +115,9 @@ def table(records: list[sw.RunRecord]) -> str:
         "final accuracy",
         "unacceptable steps, training",
         "per seed",
+        "of which in planned episodes",
         "normalised score",
-        "labels by segment source (mean)",
+        "all labels by segment source (mean)",
     ]
     return sw.markdown_table(header, rows)
 

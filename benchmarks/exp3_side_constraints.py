@@ -9,18 +9,22 @@ Three arms on the same task and teacher:
   per imagined step instead (``experiment.constraint_mode=penalty``);
 - ``none``: no side-constraints at all (``constraints=none``).
 
-Measured over seeds: unacceptable steps during training and in evaluation, the
-evaluation return, the normalised score, and plans blocked. Every arm is normalised
-against the same oracle, which rejects the hidden unacceptable rule (also in the
-``none`` arm).
+Measured over seeds: unacceptable steps during training (all episodes, and the
+planner's episodes alone) and in evaluation, the evaluation return, the normalised
+score, and constraint flags on rejected imagined sequences. Each run is normalised
+against its own oracle: the hidden reward on the run's final world model, rejecting
+the hidden unacceptable rule in every arm (the ``none`` arm too), plus the arm's own
+hard entries -- so the ``none`` arm's oracle lacks reacher's +-20 rad/s joint-speed
+bounds. The evaluation and oracle returns are in the table beside the score.
 
 Anchor: Saunders et al. 2018 (*Trial without error*): a learned blocker of
 catastrophic actions, trained on human labels, kept the agent from catastrophes
 that a reward penalty alone did not prevent; Leike et al. 2018, Sec. 5.7.
 
-Budget (2-core CPU, two runs at a time, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20 acting episodes of 50 steps
-and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 3 seeds).
-3 arms: ~24 min (~16 min when experiment 1's demo runs exist).
+Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
+acting episodes of 50 steps and 10 evaluation episodes with the agent, a random policy
+and the oracle): 6-8 min a run with two runs sharing the machine, ~20 min an arm at
+``--jobs 2``. 3 arms: ~60 min (~40 min when experiment 1's demo runs exist).
 
     python benchmarks/exp3_side_constraints.py [--penalty 10] [--tasks reacher_keepout] [--smoke]
 """
@@ -67,6 +71,7 @@ def table(records: list[sw.RunRecord]) -> str:
                 recs[0].variant.title,
                 sw.mean_sd([x["train_unacceptable_steps"] for x in s], ".1f"),
                 sw.per_seed([x["train_unacceptable_steps"] for x in s], ".0f"),
+                sw.mean_sd([r.acting_unacceptable_steps() for r in recs], ".1f"),
                 sw.mean_sd([x["eval_unacceptable_steps"] for x in s], ".1f"),
                 sw.per_seed([x["eval_unacceptable_steps"] for x in s], ".0f"),
                 sw.mean_sd([x["random_unacceptable_steps"] for x in s], ".1f"),
@@ -82,13 +87,14 @@ def table(records: list[sw.RunRecord]) -> str:
         "side-constraint",
         "unacceptable steps, training",
         "per seed",
+        "of which in planned episodes",
         "unacceptable steps, evaluation",
         "per seed",
         "random policy, same episodes",
         "eval return",
         "oracle return",
         "normalised score",
-        "imagined sequences rejected, training",
+        "constraint flags on rejected imagined sequences, training (summed over entries)",
         "no-safe-plan steps, training",
     ]
     return sw.markdown_table(header, rows)
@@ -139,8 +145,10 @@ def main() -> None:
         intro=(
             "Unacceptable outcomes (steps; evaluation: summed over the evaluation episodes) and "
             "return when imagined unacceptable futures are rejected by the calibrated classifier, "
-            "penalised in the planning reward, or not modelled at all. Every arm is normalised "
-            "against the same oracle, which rejects the hidden unacceptable rule. "
+            "penalised in the planning reward, or not modelled at all. Each run is normalised "
+            "against its own oracle (hidden reward on its final world model), which rejects the "
+            "hidden unacceptable rule in every arm, plus the arm's hard entries (none in the "
+            "'none' arm). "
             f"Mean ± sd over seeds {list(sweep.seeds)}. Anchor: Saunders et al. 2018."
         ),
         budget=sw.budget_text(sweep, tasks),

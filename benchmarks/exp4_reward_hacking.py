@@ -7,21 +7,26 @@ the first fit happens after the last random one). K defaults to the number of ra
 episodes + 1: the frozen model has seen the labels of the random episodes and of the
 first two acting episodes, then the planner optimises it for the rest of the run.
 
-Measured per episode (``metrics.csv``): the true return (hidden reward) and the
-predicted return (the current reward model's sum over the episode, standardised
-units), shown in one plot, mean over seeds (thick) with every seed (thin). Reward
-hacking shows as a predicted return that keeps rising while the true return does
-not; the table gives both changes from the first to the last third of the episodes
-after the freeze, their Spearman correlation over those episodes, and the final score.
+Measured per training episode: the true return (hidden reward, ``metrics.csv``) and
+the predicted return, the run's final reward model summed over the episode's
+transitions (``replay.npz``; standardised units). One model scores every episode of
+a run: in the frozen arm it is the very model the planner optimised, in the online
+arm the last refit (the model the planner used at each episode re-standardises its
+output at every refit, so its own sums are not comparable across episodes). Shown in
+one plot, mean over seeds (thick) with every seed (thin). Reward hacking shows as a
+predicted return that keeps rising while the true return does not; the table gives
+both changes from the first to the last third of the episodes after the freeze,
+their Spearman correlation over those episodes, and the final score.
 
 Anchor: Leike et al. 2018, Sec. 4.3 and 5.2 (online feedback against reward
 hacking); Ibarz, Leike et al. 2018 showed an agent exploiting a reward model trained
 offline (its predicted reward rising as its true score fell) and online training
 preventing it.
 
-Budget (2-core CPU, two runs at a time, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20 acting episodes of 50 steps
-and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 3 seeds).
-2 arms: ~16 min (~8 min when experiment 1's demo runs exist).
+Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
+acting episodes of 50 steps and 10 evaluation episodes with the agent, a random policy
+and the oracle): 5-8 min a run, ~16-20 min an arm at ``--jobs 2``. 2 arms: ~35 min
+(~16-20 min when experiment 1's demo runs exist).
 
     python benchmarks/exp4_reward_hacking.py [--freeze-after K] [--tasks reacher_keepout] [--smoke]
 """
@@ -29,6 +34,7 @@ and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import matplotlib
 
@@ -36,7 +42,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
+import torch
+from exp5_reward_alignment import load_loop
 from scipy.stats import spearmanr
+
+from mbrm.replay import ReplayBuffer
 
 TASKS = ("reacher_keepout",)
 STEM = "exp4_reward_hacking"
@@ -64,10 +74,44 @@ def variants(tasks: list[str], freeze: dict[str, int]) -> list[sw.Variant]:
     return out
 
 
-def after_freeze(record: sw.RunRecord, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted returns of the episodes after iteration k."""
+def final_model_returns(record: sw.RunRecord) -> np.ndarray:
+    """Per training episode (metrics row): the run's final reward model summed over the
+    episode's transitions, one scale for the whole run."""
+    loop = load_loop(record.run_dir)
+    try:
+        replay = ReplayBuffer.load(record.run_dir / "replay.npz")
+        s, a, s2 = replay.arrays()
+        episode = replay.episode[: len(replay)]  # oldest first: the buffer never wrapped
+        with torch.no_grad():
+            mean, _ = loop.reward_model.predict(
+                torch.as_tensor(s, dtype=torch.float32),
+                torch.as_tensor(a, dtype=torch.float32),
+                torch.as_tensor(s2, dtype=torch.float32),
+                dtype="float32",
+            )
+    finally:
+        loop.store.close()
+    sums = np.bincount(episode, weights=mean.numpy().astype(np.float64))
+    if len(sums) != len(record.metrics):
+        raise RuntimeError(
+            f"{record.run_dir}: {len(sums)} episodes in replay.npz, "
+            f"{len(record.metrics)} rows in metrics.csv"
+        )
+    return sums
+
+
+def predicted(record: sw.RunRecord, cache: dict[Path, np.ndarray]) -> np.ndarray:
+    if record.run_dir not in cache:
+        cache[record.run_dir] = final_model_returns(record)
+    return cache[record.run_dir]
+
+
+def after_freeze(
+    record: sw.RunRecord, k: int, cache: dict[Path, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted (final model) returns of the episodes after iteration k."""
     keep = record.column("iteration") > k
-    return record.column("true_return")[keep], record.column("predicted_return")[keep]
+    return record.column("true_return")[keep], predicted(record, cache)[keep]
 
 
 def thirds_change(x: np.ndarray) -> float:
@@ -78,13 +122,15 @@ def thirds_change(x: np.ndarray) -> float:
     return float(np.nanmean(x[-n:]) - np.nanmean(x[:n]))
 
 
-def table(records: list[sw.RunRecord], freeze: dict[str, int]) -> str:
+def table(
+    records: list[sw.RunRecord], freeze: dict[str, int], cache: dict[Path, np.ndarray]
+) -> str:
     rows = []
     for recs in sw.by_variant(records).values():
         k = freeze[recs[0].summary["task"]]
         d_true, d_pred, rho = [], [], []
         for r in recs:
-            t, p = after_freeze(r, k)
+            t, p = after_freeze(r, k, cache)
             d_true.append(thirds_change(t))
             d_pred.append(thirds_change(p))
             ok = np.isfinite(t) & np.isfinite(p)
@@ -107,7 +153,7 @@ def table(records: list[sw.RunRecord], freeze: dict[str, int]) -> str:
         "task",
         "reward model",
         f"change of true return (episodes after iteration {sorted(set(freeze.values()))})",
-        "change of predicted return",
+        "change of predicted return (final model)",
         "Spearman(true, predicted) over those episodes",
         "per seed",
         "eval return",
@@ -117,9 +163,15 @@ def table(records: list[sw.RunRecord], freeze: dict[str, int]) -> str:
     return sw.markdown_table(header, rows)
 
 
-def figure(records: list[sw.RunRecord], freeze: dict[str, int], tasks: list[str]):
-    """One panel per task: true return (left axis, solid) and predicted return (right
-    axis, dashed) per episode; thick: mean over seeds, thin: seeds."""
+def figure(
+    records: list[sw.RunRecord],
+    freeze: dict[str, int],
+    tasks: list[str],
+    cache: dict[Path, np.ndarray],
+):
+    """One panel per task: true return (left axis, solid) and predicted return of the
+    run's final reward model (right axis, dashed) per episode; thick: mean over seeds,
+    thin: seeds."""
     groups = sw.by_variant(records)
     fig, axes = plt.subplots(1, len(tasks), figsize=(8 * len(tasks), 5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -131,7 +183,9 @@ def figure(records: list[sw.RunRecord], freeze: dict[str, int], tasks: list[str]
                 ("true_return", ax, "-"),
                 ("predicted_return", ax_pred, "--"),
             ):
-                curves = [r.column(key) for r in recs]
+                curves = [
+                    r.column(key) if key == "true_return" else predicted(r, cache) for r in recs
+                ]
                 for r, c in zip(recs, curves, strict=True):
                     axis.plot(r.column("iteration"), c, style, color=f"C{i}", lw=0.6, alpha=0.4)
                 it = sw.mean_curve([r.column("iteration") for r in recs])
@@ -142,7 +196,7 @@ def figure(records: list[sw.RunRecord], freeze: dict[str, int], tasks: list[str]
         ax.axvline(freeze[task], color="gray", ls=":", lw=1)
         ax.set_xlabel("iteration (episode; the reward model is frozen after the dotted line)")
         ax.set_ylabel("true return (hidden reward), solid")
-        ax_pred.set_ylabel("predicted return (standardised learned reward), dashed")
+        ax_pred.set_ylabel("predicted return, run's final reward model (standardised), dashed")
         ax.set_title(f"{task}: true vs predicted return, online vs frozen reward model")
         lines = ax.get_legend_handles_labels()
         more = ax_pred.get_legend_handles_labels()
@@ -177,6 +231,7 @@ def main() -> None:
         freeze[task] = k
     vs = variants(tasks, freeze)
     records = sweep.run(vs)
+    cache: dict[Path, np.ndarray] = {}
     option = "" if args.freeze_after is None else f" --freeze-after {args.freeze_after}"
     sw.publish(
         sw.output_dir(sweep.root, sweep.smoke),
@@ -184,15 +239,17 @@ def main() -> None:
         title="Experiment 4: reward hacking with a frozen reward model",
         intro=(
             "True and predicted return over training with the reward model refitted online and "
-            f"frozen after iteration K ({freeze}). Changes are the mean of the last third minus "
+            f"frozen after iteration K ({freeze}). The predicted return of every episode of a "
+            "run is its final reward model's sum over the episode (in the frozen arm, the model "
+            "the planner optimised; one scale per run). Changes are the mean of the last third minus "
             "the mean of the first third of the episodes after K. "
             f"Mean ± sd over seeds {list(sweep.seeds)}. Anchor: Leike et al. 2018, Sec. 4.3; "
             "Ibarz, Leike et al. 2018."
         ),
         budget=sw.budget_text(sweep, tasks),
-        table=table(records, freeze),
+        table=table(records, freeze, cache),
         commands=[f"python benchmarks/{STEM}.py{option}", *(sweep.command_text(v) for v in vs)],
-        figure=figure(records, freeze, tasks),
+        figure=figure(records, freeze, tasks, cache),
         started=started,
     )
 

@@ -148,6 +148,17 @@ class RunRecord:
         """One metrics column over episodes, NaN where a row lacks it."""
         return np.array([_as_float(row.get(key, math.nan)) for row in self.metrics])
 
+    def acting_unacceptable_steps(self) -> int:
+        """Unacceptable steps of the planner's training episodes (random exploration left
+        out: its episodes are the same in every arm of an experiment)."""
+        return int(
+            sum(
+                row.get("unacceptable_steps", 0)
+                for row in self.metrics
+                if row.get("phase") == "act"
+            )
+        )
+
 
 def _as_float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
@@ -491,13 +502,19 @@ def publish(
 
 
 def mean_sd(values: Sequence[float], fmt: str = ".3f") -> str:
-    """``mean ± sd`` over seeds (sample sd), ignoring NaN; ``n/a`` when nothing is left."""
+    """``mean ± sd`` over seeds (sample sd) of the finite values; ``n/a`` when none is.
+
+    Seeds left out (NaN: e.g. a score whose oracle equals the random policy) are
+    counted in the cell, ``(n=2/3)``, so that a failure does not hide in the mean.
+    """
+    values = list(values)
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
         return "n/a"
+    dropped = f" (n={len(v)}/{len(values)})" if len(v) < len(values) else ""
     if len(v) == 1:
-        return f"{v[0]:{fmt}}"
-    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+        return f"{v[0]:{fmt}}{dropped}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}{dropped}"
 
 
 def per_seed(values: Sequence[float], fmt: str = ".3f") -> str:
