@@ -18,11 +18,12 @@ Anchor: Christiano et al. 2017 (*Deep RL from human preferences*) reached most o
 RL-with-the-true-reward on MuJoCo tasks with ~700 synthetic labels, but after
 millions of environment steps; here the model-based agent gets a few thousand.
 
-Budget (2-core CPU, two runs at a time, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20 acting episodes of 50 steps
-and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 3 seeds);
-inverted_pendulum and half_cheetah_safe get 2 random + 12 acting episodes of 200 steps
-and 3 evaluation episodes (~6-7 min a run: ~14 min per task). In all ~8 + 14 + 14 =
-~36 min; ``--oracle-mode`` doubles it (~72 min, over the hour).
+Budget (2-core CPU, 3 seeds, ``--jobs 2``): reacher_keepout runs the demo's schedule (4
+random + 20 acting episodes of 50 steps, 10 evaluation episodes with the agent, a random
+policy and the oracle); inverted_pendulum and half_cheetah_safe a short one (100-step
+episodes, 2 random + 10 acting, 5 particles, 3 evaluation episodes). A run takes 4-8
+min with two sharing the machine, a task ~14 min (measured: reacher_keepout 13.8 min),
+~40 min in all; ``--oracle-mode`` doubles it (over the hour).
 
     python benchmarks/exp1_preferences.py [--seeds 0,1,2] [--jobs 2] [--oracle-mode] [--smoke]
 """

@@ -18,11 +18,12 @@ trajectories before the agent acted, with fewer unsafe states visited than learn
 from the agent's own (real) trajectories; Leike et al. 2018, Sec. 5.6 (off-policy
 feedback closes loopholes before the agent visits them).
 
-Budget (2-core CPU, two runs at a time, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20 acting episodes of 50 steps
-and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 3 seeds);
-half_cheetah_safe gets 2 random + 12 acting episodes of 200 steps (~14 min per arm).
-2 arms x 2 tasks: ~16 + 28 = ~44 min; the default arm's runs are experiment 1's
-(~22 min when those exist).
+Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
+acting episodes of 50 steps, 10 evaluation episodes); ~14 min an arm at ``--jobs 2``,
+~28 min for both, ~14 min when experiment 1's demo runs exist (measured: 18.3 min for
+the real-only arm at ``--jobs 1`` beside another experiment). half_cheetah_safe is
+opt-in (``--tasks reacher_keepout,half_cheetah_safe``: the short schedule, ~12 min more
+an arm).
 
     python benchmarks/exp2_offpolicy_queries.py [--tasks reacher_keepout,half_cheetah_safe] [--smoke]
 """

@@ -23,8 +23,9 @@ that a reward penalty alone did not prevent; Leike et al. 2018, Sec. 5.7.
 
 Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
 acting episodes of 50 steps and 10 evaluation episodes with the agent, a random policy
-and the oracle): 6-8 min a run with two runs sharing the machine, ~20 min an arm at
-``--jobs 2``. 3 arms: ~60 min (~40 min when experiment 1's demo runs exist).
+and the oracle); ~14 min an arm at ``--jobs 2``. 3 arms: ~40 min, ~27 min when
+experiment 1's demo runs exist (measured: 38.8 min for the two new arms at ``--jobs 1``
+beside another experiment).
 
     python benchmarks/exp3_side_constraints.py [--penalty 10] [--tasks reacher_keepout] [--smoke]
 """

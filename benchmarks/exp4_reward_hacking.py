@@ -25,8 +25,9 @@ preventing it.
 
 Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
 acting episodes of 50 steps and 10 evaluation episodes with the agent, a random policy
-and the oracle): 5-8 min a run, ~16-20 min an arm at ``--jobs 2``. 2 arms: ~35 min
-(~16-20 min when experiment 1's demo runs exist).
+and the oracle); ~14 min an arm at ``--jobs 2``. 2 arms: ~28 min, ~14 min when
+experiment 1's demo runs exist (measured: 15.7 min for the frozen arm at ``--jobs 1``
+beside another experiment), plus ~10 s to score every episode with the final models.
 
     python benchmarks/exp4_reward_hacking.py [--freeze-after K] [--tasks reacher_keepout] [--smoke]
 """

@@ -11,7 +11,7 @@ one scatter per task.
 Anchor: Leike et al. 2018, Sec. 6 (held-out evaluation of the reward model to
 establish trust) and the reward-model fit analysis of Ibarz, Leike et al. 2018.
 
-Budget: the runs are experiment 1's (~36 min on a 2-core CPU when none exist); the
+Budget: the runs are experiment 1's (~40 min on a 2-core CPU when none exist); the
 evaluation itself loads 3 x n checkpoints and scores up to 3,000 transitions each
 (under a minute).
 

@@ -15,9 +15,10 @@ Anchor: Chua et al. 2018 (PETS, CEM); Pinneri et al. 2020 (iCEM: better plans at
 equal or fewer model calls); batched continuous-action MCTS with progressive
 widening (Couëtoux et al. 2011).
 
-Budget (2-core CPU, two runs at a time, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20 acting episodes of 50 steps
-and its evaluation episodes; ~3.5-4 min a run, two at a time: ~8 min per arm of 3 seeds).
-3 planners: ~24-26 min (~17 min when experiment 1's demo runs exist).
+Budget (2-core CPU, 3 seeds): reacher_keepout runs the demo's schedule (4 random + 20
+acting episodes of 50 steps and 10 evaluation episodes); ~14 min a planner at
+``--jobs 2``. 3 planners: ~40 min, ~27 min when experiment 1's demo runs exist
+(measured: 40.4 min for iCEM and MCTS at ``--jobs 1`` beside another experiment).
 
     python benchmarks/exp6_planners.py [--tasks reacher_keepout] [--smoke]
 """
