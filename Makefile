@@ -41,7 +41,8 @@ bench: $(STAMP)
 
 # The README's Results tables (each script reuses finished runs under benchmarks/runs/).
 experiments: $(STAMP)
-	for n in 1_preferences 5_reward_alignment 2_offpolicy_queries 3_side_constraints \
+	$(BIN)/python benchmarks/exp1_preferences.py --oracle-mode
+	for n in 5_reward_alignment 2_offpolicy_queries 3_side_constraints \
 	         4_reward_hacking 6_planners 7_throughput; do \
 	  $(BIN)/python benchmarks/exp$$n.py || exit 1; done
 

@@ -23,7 +23,8 @@ random + 20 acting episodes of 50 steps, 10 evaluation episodes with the agent, 
 policy and the oracle); inverted_pendulum and half_cheetah_safe a short one (100-step
 episodes, 2 random + 10 acting, 5 particles, 3 evaluation episodes). A run takes 4-8
 min with two sharing the machine, a task ~14 min (measured: reacher_keepout 13.8 min),
-~40 min in all; ``--oracle-mode`` doubles it (over the hour).
+~40 min in all. ``--oracle-mode`` adds one oracle-mode arm a task, quicker (no reward
+or classifier to fit): measured 15.8 min for the three at ``--jobs 2``, ~55 min in all.
 
     python benchmarks/exp1_preferences.py [--seeds 0,1,2] [--jobs 2] [--oracle-mode] [--smoke]
 """

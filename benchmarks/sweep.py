@@ -160,6 +160,35 @@ class RunRecord:
         )
 
 
+# Keys that say how a run was started, not what it computes.
+_RUN_ONLY_KEYS = ("progress", "resume")
+
+
+def config_changes(composed: Any, saved_path: Path) -> list[str]:
+    """Dotted keys whose value differs between ``composed`` and a run's saved config.yaml
+    (a missing config.yaml counts as changed)."""
+    from omegaconf import OmegaConf
+
+    if not saved_path.exists():
+        return ["config.yaml missing"]
+    a = OmegaConf.to_container(composed, resolve=True)
+    b = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    for key in _RUN_ONLY_KEYS:
+        a.pop(key, None)
+        b.pop(key, None)
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y), key=str):
+                walk(x.get(k, "<absent>"), y.get(k, "<absent>"), f"{prefix}{k}.")
+        elif x != y:
+            out.append(prefix.rstrip("."))
+
+    walk(a, b, "")
+    return out
+
+
 def _as_float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
@@ -260,19 +289,32 @@ class Sweep:
             ]
         return shlex.join(args)
 
-    def compose(self, variant: Variant) -> Any:
+    def compose(self, variant: Variant, seed: int | None = None) -> Any:
         """The configuration a run of ``variant`` gets (no run is started)."""
         from hydra import compose, initialize_config_dir
 
+        extra = [] if seed is None else [f"seed={seed}"]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[*DEMO_OVERRIDES, *self.overrides(variant)])
+            return compose("config", overrides=[*DEMO_OVERRIDES, *self.overrides(variant), *extra])
 
     def _finished(self, variant: Variant, seed: int) -> bool:
+        """A finished run of these overrides and seed whose configuration is still the
+        one the config files compose (a changed default, e.g. in experiment/demo.yaml,
+        makes it stale: it is run again, not reused)."""
         d = self.run_dir(variant, seed)
         if not (d / "summary.json").exists() or not (d / "sweep.json").exists():
             return False
         stored = json.loads((d / "sweep.json").read_text())
-        return stored.get("overrides") == self.overrides(variant) and stored.get("seed") == seed
+        if stored.get("overrides") != self.overrides(variant) or stored.get("seed") != seed:
+            return False
+        changed = config_changes(self.compose(variant, seed), d / "config.yaml")
+        if changed:
+            print(
+                f"sweep: {variant.name} seed {seed}: the configuration changed since the run "
+                f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); running it again",
+                flush=True,
+            )
+        return not changed
 
     def _mark(self, variant: Variant, seed: int) -> None:
         meta = {"variant": variant.name, "seed": seed, "overrides": self.overrides(variant)}

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -87,10 +88,29 @@ def test_runs_with_other_overrides_are_not_reused(tmp_path):
     run.mkdir(parents=True)
     (run / "summary.json").write_text("{}")
     (run / "sweep.json").write_text(json.dumps({"seed": 0, "overrides": sweep.overrides(v)}))
+    assert not sweep._finished(v, 0)  # no config.yaml: nothing says what it computed
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(sweep.compose(v, 0)))
     assert sweep._finished(v, 0)
     other = sw.task_variant("reacher_keepout", "demo", "experiment.particles=3")
     assert not sweep._finished(other, 0)
     assert not sw.Sweep(root=tmp_path, seeds=(0,), smoke=False)._finished(v, 0)
+
+
+def test_a_run_whose_composed_configuration_changed_is_not_reused(tmp_path, capsys):
+    """Same overrides, but a default in the config files moved since the run."""
+    sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
+    v = sw.task_variant("reacher_keepout", "demo")
+    run = sweep.run_dir(v, 0)
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "sweep.json").write_text(json.dumps({"seed": 0, "overrides": sweep.overrides(v)}))
+    old = sweep.compose(v, 0)
+    old.experiment.particles = 99
+    old.progress = True  # how a run was started is not part of what it computes
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    assert sw.config_changes(sweep.compose(v, 0), run / "config.yaml") == ["experiment.particles"]
+    assert not sweep._finished(v, 0)
+    assert "experiment.particles" in capsys.readouterr().out
 
 
 def test_command_and_smoke_sizes_follow_the_planner():
@@ -110,5 +130,5 @@ def test_command_and_smoke_sizes_follow_the_planner():
 
 def test_mean_sd_ignores_missing_values():
     assert sw.mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
-    assert sw.mean_sd([float("nan"), 2.0], ".1f") == "2.0"
+    assert sw.mean_sd([float("nan"), 2.0], ".1f") == "2.0 (n=1/2)"
     assert sw.mean_sd([float("nan")]) == "n/a"
