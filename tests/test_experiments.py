@@ -81,13 +81,19 @@ def test_a_failed_run_names_its_variant_seed_and_log(tmp_path):
     assert "constraint_mode" in message  # the log's last lines carry the cause
 
 
-def test_runs_with_other_overrides_are_not_reused(tmp_path):
-    sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
-    v = sw.task_variant("reacher_keepout", "demo")
+def _finished_run_without_config(sweep, v) -> Path:
+    """A run directory of ``v``, seed 0, with its summary and sweep marker only."""
     run = sweep.run_dir(v, 0)
     run.mkdir(parents=True)
     (run / "summary.json").write_text("{}")
     (run / "sweep.json").write_text(json.dumps({"seed": 0, "overrides": sweep.overrides(v)}))
+    return run
+
+
+def test_runs_with_other_overrides_are_not_reused(tmp_path):
+    sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
+    v = sw.task_variant("reacher_keepout", "demo")
+    run = _finished_run_without_config(sweep, v)
     assert not sweep._finished(v, 0)  # no config.yaml: nothing says what it computed
     (run / "config.yaml").write_text(OmegaConf.to_yaml(sweep.compose(v, 0)))
     assert sweep._finished(v, 0)
@@ -100,10 +106,7 @@ def test_a_run_whose_composed_configuration_changed_is_not_reused(tmp_path, caps
     """Same overrides, but a default in the config files moved since the run."""
     sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
     v = sw.task_variant("reacher_keepout", "demo")
-    run = sweep.run_dir(v, 0)
-    run.mkdir(parents=True)
-    (run / "summary.json").write_text("{}")
-    (run / "sweep.json").write_text(json.dumps({"seed": 0, "overrides": sweep.overrides(v)}))
+    run = _finished_run_without_config(sweep, v)
     old = sweep.compose(v, 0)
     old.experiment.particles = 99
     old.progress = True  # how a run was started is not part of what it computes
