@@ -43,11 +43,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
-import torch
-from exp5_reward_alignment import load_loop
+from exp5_reward_alignment import load_loop, predicted_rewards
 from scipy.stats import spearmanr
-
-from mbrm.replay import ReplayBuffer
 
 TASKS = ("reacher_keepout",)
 STEM = "exp4_reward_hacking"
@@ -78,21 +75,14 @@ def variants(tasks: list[str], freeze: dict[str, int]) -> list[sw.Variant]:
 def final_model_returns(record: sw.RunRecord) -> np.ndarray:
     """Per training episode (metrics row): the run's final reward model summed over the
     episode's transitions, one scale for the whole run."""
-    loop = load_loop(record.run_dir)
+    loop = load_loop(record.run_dir)  # resumed: its replay is the run's, cut to the checkpoint
     try:
-        replay = ReplayBuffer.load(record.run_dir / "replay.npz")
-        s, a, s2 = replay.arrays()
+        replay = loop.replay
         episode = replay.episode[: len(replay)]  # oldest first: the buffer never wrapped
-        with torch.no_grad():
-            mean, _ = loop.reward_model.predict(
-                torch.as_tensor(s, dtype=torch.float32),
-                torch.as_tensor(a, dtype=torch.float32),
-                torch.as_tensor(s2, dtype=torch.float32),
-                dtype="float32",
-            )
+        reward = predicted_rewards(loop, *replay.arrays())
     finally:
         loop.store.close()
-    sums = np.bincount(episode, weights=mean.numpy().astype(np.float64))
+    sums = np.bincount(episode, weights=reward.astype(np.float64))
     if len(sums) != len(record.metrics):
         raise RuntimeError(
             f"{record.run_dir}: {len(sums)} episodes in replay.npz, "

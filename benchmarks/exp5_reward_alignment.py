@@ -78,13 +78,18 @@ def score(loop, s: np.ndarray, a: np.ndarray, s2: np.ndarray, rng: np.random.Gen
     """(true, predicted) rewards of up to MAX_TRANSITIONS transitions drawn from (s, a, s2)."""
     pick = rng.choice(len(s), min(len(s), MAX_TRANSITIONS), replace=False)
     s, a, s2 = s[pick], a[pick], s2[pick]
+    return loop.task.true_reward(s, a, s2), predicted_rewards(loop, s, a, s2)
+
+
+def predicted_rewards(loop, s: np.ndarray, a: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """The loop's reward ensemble mean (standardised units) on transitions (s, a, s2)."""
     mean, _ = loop.reward_model.predict(
         torch.as_tensor(s, dtype=torch.float32),
         torch.as_tensor(a, dtype=torch.float32),
         torch.as_tensor(s2, dtype=torch.float32),
         dtype="float32",
     )
-    return loop.task.true_reward(s, a, s2), mean.numpy()
+    return mean.numpy()
 
 
 def align(records: list[sw.RunRecord]) -> list[Alignment]:

@@ -175,8 +175,9 @@ class Loop:
 
         ``oracle_baseline``: the set of the oracle that scores are normalised against. It
         always rejects the task's unacceptable states (the hidden rule), also in runs
-        configured without a learned entry (``constraints=none``), so that every arm of
-        a comparison is normalised against the same safe oracle. ``keep_learned``: the
+        configured without a learned entry (``constraints=none``), so that no arm of a
+        comparison is normalised against an oracle that may enter them (the arm's hard
+        entries still come with it). ``keep_learned``: the
         learned entry stays in before calibration too (a start-up check of every entry;
         such a set is not for planning).
         """

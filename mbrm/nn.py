@@ -177,8 +177,9 @@ class EnsembleMLP(nn.Module):
         """``forward(x)`` without allocating: x [E, B, in] -> a view [E, B, out] into ``scratch``.
 
         Runs one member at a time through all its layers, its hidden activations
-        alternating between two [B, hidden] regions of ``scratch`` (from
-        :meth:`scratch`): at the PETS sizes these stay in the core's L2 cache from one
+        in two [B, hidden] regions of ``scratch`` (from :meth:`scratch`: the matmul
+        writes one, the activation the other, or they alternate where the activation
+        runs in place): at the PETS sizes these stay in the core's L2 cache from one
         layer to the next, where the batched layers' [E, B, hidden] do not, and the
         networks ran about 10% faster. The same matmuls as :meth:`forward`, up to
         the BLAS kernel's summation order. The result is overwritten by the next
