@@ -149,8 +149,8 @@ class ReplayBuffer:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
                 data = {k: z[k] for k in ("states", "actions", "next_states", "episode", "step")}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not an mbrm replay buffer ({e})") from None
+        except Exception as e:  # numpy and zipfile raise many types for damaged files
+            raise ValueError(f"{path} is not an mbrm replay buffer ({e!r})") from None
         if header.get("format") != _FORMAT:
             raise ValueError(
                 f"{path} is not an mbrm replay buffer (format {header.get('format')!r})"

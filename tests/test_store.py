@@ -386,6 +386,29 @@ def test_labelled_only_export(tmp_path: Path, rng: np.random.Generator) -> None:
     assert [p for *_, p in dst.preference_pairs()] == [p for *_, p in src.preference_pairs()]
 
 
+
+def test_export_with_unparsable_array_header_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A header numpy cannot tokenize (closing brace damaged) is an InvalidExportError."""
+    import zipfile
+
+    src = FeedbackStore(tmp_path / "a.sqlite")
+    fill(src, rng)
+    good = tmp_path / "data.npz"
+    src.export_dataset(good)
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as zout:
+        for i, name in enumerate(zin.namelist()):
+            member = bytearray(zin.read(name))
+            if i == 0:
+                member[member.index(b"}")] ^= 0xFF
+            zout.writestr(name, bytes(member))
+    dst = FeedbackStore(tmp_path / "b.sqlite")
+    fill(dst, rng)
+    before = dump(dst.path)
+    with pytest.raises(InvalidExportError, match="not a readable feedback export"):
+        dst.import_dataset(bad)
+    assert dump(dst.path) == before
+
 def test_corrupt_export_is_refused_unchanged(tmp_path: Path, rng: np.random.Generator) -> None:
     src = FeedbackStore(tmp_path / "a.sqlite")
     fill(src, rng)

@@ -240,6 +240,32 @@ def test_replay_save_load_and_segments(tmp_path, rng):
         buf.add(np.zeros(3), np.zeros(2), np.zeros(3), 0, 0)
 
 
+
+def test_replay_with_damaged_array_header_is_refused(tmp_path):
+    """Every byte of every array header, flipped: a clear ValueError or the same data."""
+    buf = collect_random(get_task("reacher_keepout"), 1, seed=0, episode_length=5)
+    good = tmp_path / "replay.npz"
+    buf.save(good)
+    raw = good.read_bytes()
+    starts = [i for i in range(len(raw)) if raw.startswith(b"{'descr'", i)]
+    assert len(starts) >= 5
+    bad = tmp_path / "bad.npz"
+    refused = 0
+    for start in starts:
+        for pos in range(start, raw.index(b"\n", start) + 1):
+            damaged = bytearray(raw)
+            damaged[pos] ^= 0xFF
+            bad.write_bytes(bytes(damaged))
+            try:
+                back = ReplayBuffer.load(bad)
+            except ValueError as e:
+                assert "not an mbrm replay buffer" in str(e) or str(bad) in str(e)
+                refused += 1
+            else:
+                for x, y in zip(buf.arrays(), back.arrays(), strict=True):
+                    np.testing.assert_array_equal(x, y)
+    assert refused > 0
+
 def test_replay_wraps_around_oldest_first():
     buf = ReplayBuffer(1, 1, capacity=3)
     for i in range(5):

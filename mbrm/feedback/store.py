@@ -18,8 +18,6 @@ import operator
 import os
 import sqlite3
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1081,8 +1079,8 @@ def _read_export(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         doc = json.loads(contents.pop("document").tobytes().decode())
     except InvalidExportError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise InvalidExportError(f"{path} is not a readable feedback export: {e}") from e
+    except Exception as e:  # numpy and zipfile raise many types for damaged files
+        raise InvalidExportError(f"{path} is not a readable feedback export: {e!r}") from e
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise InvalidExportError(f"{path} is not a feedback export (format is not {EXPORT_FORMAT})")
     version = doc.get("format_version")
