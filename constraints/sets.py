@@ -465,7 +465,7 @@ class ConstraintSet:
 
 
 _FIELDS = {
-    "learned": {"threshold", "alpha", "kappa", "dtype"},
+    "learned": {"threshold", "alpha", "kappa", "dtype", "inputs"},
     "state_bounds": {"dims", "lower", "upper"},
     "linear": {"over", "dims", "A", "b"},
     "action_box": {"low", "high"},
@@ -574,6 +574,12 @@ def _build_entry(
         dtype = raw.get("dtype", "float32")
         if dtype not in ("float32", "bfloat16"):
             raise fail(f"dtype {dtype!r} must be 'float32' or 'bfloat16'")
+        inputs = raw.get("inputs")
+        if inputs is not None:  # read where the classifier is built; checked here
+            if isinstance(inputs, str) or not isinstance(inputs, Sequence) or not inputs:
+                raise fail(f"`inputs` must list at least one state name, got {inputs!r}")
+            for d in inputs:
+                index(d)
         return LearnedEntry(
             name,
             classifier,

@@ -52,16 +52,22 @@ def build_loop(cfg: Any, run_dir: Path):
     )
     cons = dict(c["constraints"])
     oracle_constraints = bool(cons.pop("oracle", False))
+    entries = cons.get("entries") or {}
     classifier = (
         None
         if oracle_constraints
-        else ConstraintClassifier(S, seed=seed, **masks, **c["classifier"])
+        else ConstraintClassifier(
+            S,
+            seed=seed,
+            input_mask=_classifier_mask(task, _learned_field(entries, "inputs")),
+            periodic_mask=task.layout.periodic_mask,
+            **c["classifier"],
+        )
     )
     low, high = task.action_bounds
     planner = hydra.utils.instantiate(
         cfg.planner, action_low=low.tolist(), action_high=high.tolist()
     )
-    entries = cons.get("entries") or {}
     kinds = [
         e.get("kind") for e in (entries.values() if isinstance(entries, dict) else entries) if e
     ]
@@ -83,9 +89,9 @@ def build_loop(cfg: Any, run_dir: Path):
     else:
         pref_teacher = unacc_teacher = None
     exp = dict(c["experiment"])
-    alpha = _learned_alpha(entries)
+    alpha = _learned_field(entries, "alpha")
     if alpha is not None:
-        exp["alpha"] = alpha  # the constraint's own alpha calibrates its classifier
+        exp["alpha"] = float(alpha)  # the constraint's own alpha calibrates its classifier
     solicit = SolicitSettings(**exp.pop("solicit"))
     settings = LoopSettings(**exp, episode_length=c["task"].get("episode_length"), solicit=solicit)
     return Loop(
@@ -106,24 +112,55 @@ def build_loop(cfg: Any, run_dir: Path):
     )
 
 
-def _learned_alpha(entries: Any) -> float | None:
-    """The ``alpha`` of the learned constraint entries, or None when none gives one.
+def _learned_field(entries: Any, key: str) -> Any:
+    """The value of ``key`` (``alpha``, ``inputs``) the learned constraint entries give,
+    or None when none gives one.
 
-    One classifier is calibrated once per round, so learned entries that ask for
-    different alphas cannot all be honoured; that is a configuration error.
+    One classifier serves every learned entry: it is built for one set of inputs and
+    calibrated once per round for one alpha, so learned entries that ask for different
+    values cannot all be honoured; that is a configuration error.
     """
     rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
-    alphas = {
-        str(name): e["alpha"]
+    values = {
+        str(name): e[key]
         for name, e in rows
-        if e and e.get("kind") == "learned" and e.get("alpha") is not None
+        if e and e.get("kind") == "learned" and e.get(key) is not None
     }
-    if len(set(alphas.values())) > 1:
+    if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+        fix = {
+            "alpha": "give them the same alpha or a fixed `threshold`",
+            "inputs": "give them the same inputs",
+        }.get(key, f"give them the same {key}")
         raise ValueError(
-            f"learned constraint entries ask for different alphas {alphas}: one classifier "
-            "is calibrated for one alpha; give them the same alpha or a fixed `threshold`"
+            f"learned constraint entries ask for different {key} {values}: one classifier "
+            f"serves them all; {fix}"
         )
-    return float(next(iter(alphas.values()))) if alphas else None
+    return next(iter(values.values())) if values else None
+
+
+def _classifier_mask(task: Any, inputs: Any) -> Any:
+    """The task's network inputs, narrowed to the state names a learned entry lists in
+    ``inputs`` (the dimensions its rule may depend on); all of them when None."""
+    import numpy as np
+
+    mask = np.asarray(task.layout.input_mask, dtype=bool)
+    if inputs is None:
+        return mask
+    if isinstance(inputs, str) or not isinstance(inputs, list | tuple) or not inputs:
+        raise ValueError(f"a learned entry's `inputs` must list state names, got {inputs!r}")
+    chosen = np.zeros_like(mask)
+    for name in inputs:
+        if name not in task.layout.names:
+            raise ValueError(
+                f"a learned entry's inputs name {name!r}, not a state of {task.name}; "
+                f"valid names: {list(task.layout.names)}"
+            )
+        chosen[task.layout.index(name)] = True
+    if not (mask & chosen).any():
+        raise ValueError(
+            f"a learned entry's inputs {list(inputs)} are all excluded from the networks"
+        )
+    return mask & chosen
 
 
 def _train(cfg) -> dict:

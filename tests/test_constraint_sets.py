@@ -395,6 +395,11 @@ def test_more_bad_configurations():
         make({"c": {"kind": "learned", "alpha": 1.5}}, FakeClassifier())
     with pytest.raises(ConfigError, match=r"'c': kappa -1.0 must be >= 0"):
         make({"c": {"kind": "learned", "kappa": -1.0}}, FakeClassifier())
+    with pytest.raises(ConfigError, match=r"'c': unknown state name 'qvel.q'"):
+        make({"c": {"kind": "learned", "inputs": ["qvel.x", "qvel.q"]}}, FakeClassifier())
+    with pytest.raises(ConfigError, match=r"'c': `inputs` must list at least one state name"):
+        make({"c": {"kind": "learned", "inputs": "qvel.x"}}, FakeClassifier())
+    assert make({"c": {"kind": "learned", "inputs": ["qvel.x"]}}, FakeClassifier()).learned
     with pytest.raises(ConfigError, match=r"'c': object lacks predict"):
         make({"c": {"kind": "learned"}}, classifier=object())
     with pytest.raises(ConfigError, match=r"entry #0 needs a mapping with a `name`"):

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mbrm.cli import CONFIG_DIR, build_loop
-from mbrm.tasks import TASKS
+from mbrm.tasks import TASKS, get_task
 
 TINY = [
     "progress=false",
@@ -352,5 +352,33 @@ def test_the_learned_entry_alpha_calibrates_the_classifier(tmp_path):
         "cem",
         "+constraints.entries.second={kind: learned, alpha: 0.2}",
     )
-    with pytest.raises(ValueError, match="different alphas"):
+    with pytest.raises(ValueError, match="different alpha"):
         build_loop(two, tmp_path / "c")
+
+
+def test_the_learned_entry_inputs_narrow_what_the_classifier_reads(tmp_path):
+    """`inputs` lists the state dimensions the unacceptable rule may depend on."""
+    task = get_task("reacher_keepout")
+    joints = ["qpos.joint0", "qpos.joint1"]
+    cfg = tiny_cfg(
+        "reacher_keepout", "cem", f"+constraints.entries.unacceptable.inputs=[{','.join(joints)}]"
+    )
+    feats = build_loop(cfg, tmp_path / "a").classifier.net.state_features
+    read = sorted({*feats.plain_idx.tolist(), *feats.periodic_idx.tolist()})
+    assert read == sorted(task.layout.index(n) for n in joints)
+    everything = build_loop(tiny_cfg("reacher_keepout", "cem"), tmp_path / "b").classifier
+    full = everything.net.state_features
+    assert len(full.plain_idx) + len(full.periodic_idx) == int(task.layout.input_mask.sum())
+    typo = tiny_cfg(
+        "reacher_keepout", "cem", "+constraints.entries.unacceptable.inputs=[qpos.joint9]"
+    )
+    with pytest.raises(ValueError, match=r"'qpos\.joint9'"):
+        build_loop(typo, tmp_path / "c")
+    two = tiny_cfg(
+        "reacher_keepout",
+        "cem",
+        "+constraints.entries.unacceptable.inputs=[qpos.joint0]",
+        "+constraints.entries.second={kind: learned, inputs: [qpos.joint1]}",
+    )
+    with pytest.raises(ValueError, match="different inputs"):
+        build_loop(two, tmp_path / "d")

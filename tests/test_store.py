@@ -386,8 +386,9 @@ def test_labelled_only_export(tmp_path: Path, rng: np.random.Generator) -> None:
     assert [p for *_, p in dst.preference_pairs()] == [p for *_, p in src.preference_pairs()]
 
 
-
-def test_export_with_unparsable_array_header_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_export_with_unparsable_array_header_is_refused(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     """A header numpy cannot tokenize (closing brace damaged) is an InvalidExportError."""
     import zipfile
 
@@ -408,6 +409,7 @@ def test_export_with_unparsable_array_header_is_refused(tmp_path: Path, rng: np.
     with pytest.raises(InvalidExportError, match="not a readable feedback export"):
         dst.import_dataset(bad)
     assert dump(dst.path) == before
+
 
 def test_corrupt_export_is_refused_unchanged(tmp_path: Path, rng: np.random.Generator) -> None:
     src = FeedbackStore(tmp_path / "a.sqlite")

@@ -240,7 +240,6 @@ def test_replay_save_load_and_segments(tmp_path, rng):
         buf.add(np.zeros(3), np.zeros(2), np.zeros(3), 0, 0)
 
 
-
 def test_replay_with_damaged_array_header_is_refused(tmp_path):
     """Every byte of every array header, flipped: a clear ValueError or the same data."""
     buf = collect_random(get_task("reacher_keepout"), 1, seed=0, episode_length=5)
@@ -265,6 +264,7 @@ def test_replay_with_damaged_array_header_is_refused(tmp_path):
                 for x, y in zip(buf.arrays(), back.arrays(), strict=True):
                     np.testing.assert_array_equal(x, y)
     assert refused > 0
+
 
 def test_replay_wraps_around_oldest_first():
     buf = ReplayBuffer(1, 1, capacity=3)
