@@ -16,6 +16,9 @@ sequences). Prints one JSON line:
 - ``gemm_peak_gflops``: the same matmuls, in the same dtype and shapes, run back to
   back on preallocated buffers, best of 10 each as one batched call per layer and as
   one call per member and layer (what the step would reach with zero overhead)
+- ``activation_s_per_step``: the step's hidden activations (SiLU) alone, best of 10
+- ``activation_bound_fraction``: ``gemm / (gemm + activation)`` seconds per step, the
+  highest fraction of the GEMM peak reachable with this activation if all else were free
 - ``square_gemm_gflops``: one large square matmul in that dtype, for reference
 - ``planner_overhead_s``: one ``plan`` call with an imagination whose cost is a
   single small matmul, i.e. the planner's own sampling, scoring and bookkeeping
@@ -116,20 +119,40 @@ def linear_shapes(net: EnsembleMLP) -> list[tuple[int, int]]:
     return [(lin.in_features, lin.out_features) for lin in net.linears]
 
 
+def network_calls(
+    wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
+) -> list[tuple[int, int, int, EnsembleMLP]]:
+    """(calls, E, rows per member, network) of the forward passes of one imagination call."""
+    E_wm = wm_net.ensemble_size
+    per = -(-N * P // E_wm)  # rows are dealt to members in equal groups
+    out = [(H, E_wm, per, wm_net)]
+    full, rest = divmod(N * P * H, REWARD_CHUNK)
+    for calls, b in ((full, REWARD_CHUNK), (1 if rest else 0, rest)):
+        if calls:
+            out.append((calls, reward_net.ensemble_size, b, reward_net))
+    return out
+
+
 def model_gemms(
     wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
 ) -> list[tuple[int, int, int, int, int]]:
     """(calls, E, rows per member, in, out) of every matmul of one imagination call."""
-    E_wm = wm_net.ensemble_size
-    per = -(-N * P // E_wm)  # rows are dealt to members in equal groups
-    out = [(H, E_wm, per, i, o) for i, o in linear_shapes(wm_net)]
-    E_r = reward_net.ensemble_size
-    rows = N * P * H
-    full, rest = divmod(rows, REWARD_CHUNK)
-    for calls, b in ((full, REWARD_CHUNK), (1 if rest else 0, rest)):
-        if calls:
-            out += [(calls, E_r, b, i, o) for i, o in linear_shapes(reward_net)]
-    return out
+    return [
+        (c, e, b, i, o)
+        for c, e, b, net in network_calls(wm_net, reward_net, N, P, H)
+        for i, o in linear_shapes(net)
+    ]
+
+
+def model_activations(
+    wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
+) -> list[tuple[int, int, int, int]]:
+    """(calls, E, rows per member, width) of every hidden activation of one imagination call."""
+    return [
+        (c, e, b, o)
+        for c, e, b, net in network_calls(wm_net, reward_net, N, P, H)
+        for _, o in linear_shapes(net)[:-1]
+    ]
 
 
 def gemm_flops(gemms: list[tuple[int, int, int, int, int]]) -> float:
@@ -167,6 +190,31 @@ def gemm_peak(gemms: list[tuple[int, int, int, int, int]], dtype: torch.dtype) -
     # The best of 10 runs of either form: a peak, so that the fraction reported is not
     # flattered by a slow moment or by the form the model happens to use.
     return gemm_flops(gemms) / best / 1e9
+
+
+def activation_time(acts: list[tuple[int, int, int, int]], dtype: torch.dtype) -> float:
+    """Seconds of the hidden activations alone (SiLU into a second buffer, as
+    ``EnsembleMLP.infer``), best of 10: with the GEMMs at their peak, the planning
+    step cannot be faster than both together, so ``gemm / (gemm + activation)`` is
+    the fraction of the GEMM peak this CPU allows with this activation."""
+    gen = torch.Generator().manual_seed(0)
+    bufs = [
+        (torch.randn(b, o, generator=gen).to(dtype), torch.empty(b, o, dtype=dtype))
+        for _, _, b, o in acts
+    ]
+
+    def once() -> None:
+        for (c, e, *_), (h, dst) in zip(acts, bufs, strict=True):
+            for _ in range(c * e):
+                torch.ops.aten.silu.out(h, out=dst)
+
+    once()
+    best = math.inf
+    for _ in range(10):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def square_gemm(dtype: torch.dtype, n: int = 2048) -> float:
@@ -301,6 +349,9 @@ def main() -> None:
     flops_step = gemm_flops(gemms) * result.n_candidates / args.pop  # the mean's call is smaller
     dt = resolve_dtype(args.dtype)
     peak = gemm_peak(gemms, dt)
+    gemm_s = flops_step / peak / 1e9  # the step's matmuls at the peak rate
+    acts = model_activations(wm_net, imagine.reward_net, args.pop, args.particles, args.horizon)
+    act_s = activation_time(acts, dt) * result.n_candidates / args.pop
 
     cheap_times, _, _ = time_plans(
         make_planner(args.planner, args, low, high),
@@ -336,6 +387,10 @@ def main() -> None:
         "gflops": round(gflops, 1),
         "gemm_peak_gflops": round(peak, 1),
         "fraction_of_gemm_peak": round(gflops / peak, 3),
+        "gemm_s_per_step_at_peak": round(gemm_s, 3),
+        "activation_s_per_step": round(act_s, 3),
+        # The most this CPU allows with the networks' activation: all else free.
+        "activation_bound_fraction": round(gemm_s / (gemm_s + act_s), 3),
         "square_gemm_gflops": round(square_gemm(dt), 1),
         "rollout_s_per_call": round(per_call["rollout_s"], 4),
         "reward_s_per_call": round(per_call["reward_s"], 4),
