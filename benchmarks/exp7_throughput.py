@@ -124,7 +124,8 @@ def figure(results: dict[str, dict]):
     ax.set_xticks(x, list(results))
     ax.set_ylabel("GFLOP/s")
     ax.set_title("planner throughput against the GEMM peak (labels: fraction of peak)")
-    ax.legend()
+    ax.set_ylim(0, max(peak) * 1.35)  # room for the legend above the bars
+    ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
 
