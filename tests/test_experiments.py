@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,17 @@ def test_mean_sd_ignores_missing_values():
     assert sw.mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
     assert sw.mean_sd([float("nan"), 2.0], ".1f") == "2.0 (n=1/2)"
     assert sw.mean_sd([float("nan")]) == "n/a"
+
+
+def test_acting_unacceptable_steps_count_the_planners_episodes_only():
+    """Random exploration is the same in every arm, so it is left out of the comparison."""
+    metrics = [
+        {"phase": "explore", "unacceptable_steps": 7.0},
+        {"phase": "act", "unacceptable_steps": 2.0},
+        {"phase": "act", "unacceptable_steps": 0.0},
+        {"phase": "act", "unacceptable_steps": 3.0},
+        {"phase": "act"},  # a row without the column counts nothing
+    ]
+    rec = sw.RunRecord(sw.Variant("t/a", ()), 0, Path("/runs/t/a/seed_0"), {}, metrics)
+    assert rec.acting_unacceptable_steps() == 5
+    assert math.isnan(rec.column("unacceptable_steps")[-1])
