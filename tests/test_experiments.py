@@ -7,6 +7,7 @@ two seeds run two at a time with ``-m slow``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -30,6 +32,15 @@ def _load_sweep():
 
 
 sw = _load_sweep()
+
+
+def _load_benchmark(name: str):
+    """An experiment script as a module (it imports ``sweep`` by name)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -64,6 +75,19 @@ def test_smoke_experiment_end_to_end_and_reuse(tmp_path, seeds):
     assert "| reacher_keepout | reward model frozen after iteration 2 |" in md
     assert (tmp_path / "docs" / "exp4_reward_hacking.png").stat().st_size > 10_000
     assert f"mbrm demo hydra.mode=MULTIRUN seed={listed} " in first.stdout
+
+    # The final reward model, summed per episode, is what the loop logged as the
+    # predicted return of every episode planned after the freeze (the same model then).
+    frozen = tmp_path / "reacher_keepout" / "frozen_after_2" / "seed_0"
+    rec = sw.read_record(sw.Variant("reacher_keepout/frozen_after_2", ()), 0, frozen)
+    exp4 = _load_benchmark("exp4_reward_hacking")
+    final = exp4.final_model_returns(rec)
+    assert len(final) == len(rec.metrics)
+    after = rec.column("iteration") > 3  # planned with the model frozen after iteration 2
+    assert after.sum() >= 1
+    np.testing.assert_allclose(
+        final[after], rec.column("predicted_return")[after], rtol=1e-4, atol=1e-3
+    )
 
     again = run_script("exp4_reward_hacking.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
