@@ -52,14 +52,14 @@ def build_loop(cfg: Any, run_dir: Path):
     )
     cons = dict(c["constraints"])
     oracle_constraints = bool(cons.pop("oracle", False))
-    entries = cons.get("entries") or {}
+    learned = _learned_entries(cons.get("entries") or {})
     classifier = (
         None
         if oracle_constraints
         else ConstraintClassifier(
             S,
             seed=seed,
-            input_mask=_classifier_mask(task, _learned_field(entries, "inputs")),
+            input_mask=_classifier_mask(task, _learned_field(learned, "inputs")),
             periodic_mask=task.layout.periodic_mask,
             **c["classifier"],
         )
@@ -68,10 +68,7 @@ def build_loop(cfg: Any, run_dir: Path):
     planner = hydra.utils.instantiate(
         cfg.planner, action_low=low.tolist(), action_high=high.tolist()
     )
-    kinds = [
-        e.get("kind") for e in (entries.values() if isinstance(entries, dict) else entries) if e
-    ]
-    if "learned" in kinds and float(c["planner"].get("threshold", 0.5)) != 0.5:
+    if learned and float(c["planner"].get("threshold", 0.5)) != 0.5:
         raise ValueError(
             f"planner.threshold={c['planner']['threshold']}: with a learned constraint entry the "
             "planner's threshold must stay 0.5, where the set maps the calibrated threshold; "
@@ -89,7 +86,7 @@ def build_loop(cfg: Any, run_dir: Path):
     else:
         pref_teacher = unacc_teacher = None
     exp = dict(c["experiment"])
-    alpha = _learned_field(entries, "alpha")
+    alpha = _learned_field(learned, "alpha")
     if alpha is not None:
         exp["alpha"] = float(alpha)  # the constraint's own alpha calibrates its classifier
     solicit = SolicitSettings(**exp.pop("solicit"))
@@ -112,7 +109,13 @@ def build_loop(cfg: Any, run_dir: Path):
     )
 
 
-def _learned_field(entries: Any, key: str) -> Any:
+def _learned_entries(entries: Any) -> dict[str, dict[str, Any]]:
+    """The constraint entries of kind ``learned``, by name (a list's by position)."""
+    rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
+    return {str(name): e for name, e in rows if isinstance(e, dict) and e.get("kind") == "learned"}
+
+
+def _learned_field(learned: dict[str, dict[str, Any]], key: str) -> Any:
     """The value of ``key`` (``alpha``, ``inputs``) the learned constraint entries give,
     or None when none gives one.
 
@@ -120,12 +123,7 @@ def _learned_field(entries: Any, key: str) -> Any:
     calibrated once per round for one alpha, so learned entries that ask for different
     values cannot all be honoured; that is a configuration error.
     """
-    rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
-    values = {
-        str(name): e[key]
-        for name, e in rows
-        if e and e.get("kind") == "learned" and e.get(key) is not None
-    }
+    values = {name: e[key] for name, e in learned.items() if e.get(key) is not None}
     if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
         fix = {
             "alpha": "give them the same alpha or a fixed `threshold`",
