@@ -110,9 +110,13 @@ def build_loop(cfg: Any, run_dir: Path):
 
 
 def _learned_entries(entries: Any) -> dict[str, dict[str, Any]]:
-    """The constraint entries of kind ``learned``, by name (a list's by position)."""
+    """The constraint entries of kind ``learned``, by name."""
     rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
-    return {str(name): e for name, e in rows if isinstance(e, dict) and e.get("kind") == "learned"}
+    return {
+        str(e.get("name", key)): e
+        for key, e in rows
+        if isinstance(e, dict) and e.get("kind") == "learned"
+    }
 
 
 def _learned_field(learned: dict[str, dict[str, Any]], key: str) -> Any:
