@@ -34,7 +34,9 @@ class SolicitSettings:
     """How many questions a round asks, and where candidates come from.
 
     preferences:        acquisition function -> preference queries per round
-    unacceptable:       extra unacceptable-state queries per round (constraint uncertainty)
+    unacceptable:       extra unacceptable-state queries per round (constraint uncertainty),
+                        at most the pool's segments not already judged with a preference
+                        (the demo's ~44-segment pool left ~8 a round of its 12)
     segment_length:     transitions per segment
     real_candidates:    replay segments added to the pool per round
     synthesised:        hypotheticals synthesised per round (half uncertainty, half min reward)
