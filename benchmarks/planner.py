@@ -159,6 +159,17 @@ def gemm_flops(gemms: list[tuple[int, int, int, int, int]]) -> float:
     return float(sum(2 * c * e * b * i * o for c, e, b, i, o in gemms))
 
 
+def best_seconds(once: Callable[[], None], repeats: int = 10) -> float:
+    """Fastest of ``repeats`` timed calls of ``once``, after one untimed warm-up call."""
+    once()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def gemm_peak(gemms: list[tuple[int, int, int, int, int]], dtype: torch.dtype) -> float:
     """GFLOP/s of exactly these batched matmuls on preallocated buffers (best of 10)."""
     gen = torch.Generator().manual_seed(0)
@@ -180,13 +191,7 @@ def gemm_peak(gemms: list[tuple[int, int, int, int, int]], dtype: torch.dtype) -
                 for m in range(e):
                     torch.addmm(bias[m], x[m], w[m], out=y[m])
 
-    best = math.inf
-    for once in (batched, per_member):
-        once()
-        for _ in range(10):
-            t0 = time.perf_counter()
-            once()
-            best = min(best, time.perf_counter() - t0)
+    best = min(best_seconds(batched), best_seconds(per_member))
     # The best of 10 runs of either form: a peak, so that the fraction reported is not
     # flattered by a slow moment or by the form the model happens to use.
     return gemm_flops(gemms) / best / 1e9
@@ -208,13 +213,7 @@ def activation_time(acts: list[tuple[int, int, int, int]], dtype: torch.dtype) -
             for _ in range(c * e):
                 torch.ops.aten.silu.out(h, out=dst)
 
-    once()
-    best = math.inf
-    for _ in range(10):
-        t0 = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(once)
 
 
 def square_gemm(dtype: torch.dtype, n: int = 2048) -> float:
