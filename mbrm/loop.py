@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,15 @@ from mbrm.agent import Agent
 from mbrm.checkpoint import load_checkpoint, save_checkpoint
 from mbrm.feedback.store import FeedbackStore
 from mbrm.imagination import ModelImagination, OracleClassifier, learned_reward, oracle_reward
+from mbrm.nn import StateFeatures
 from mbrm.replay import ReplayBuffer
-from mbrm.solicit import SolicitSettings, imagined_segment, solicit_round, synthesise
+from mbrm.solicit import (
+    SolicitSettings,
+    imagined_segment,
+    novelty_reference,
+    solicit_round,
+    synthesise,
+)
 from mbrm.tasks import Task
 from mbrm.world_model import WorldModel
 
@@ -486,26 +494,35 @@ class Loop:
         pool = list(self.imagined)
         self.imagined.clear()
         pool += self.replay.sample_segments(s.real_candidates, s.segment_length, self.rng)
-        if s.synthesised and reward_model is not None:
-            starts = self.replay.arrays()[0][
-                self.rng.choice(len(self.replay), s.synthesised, replace=False)
-            ]
+        counts = {o: n for o, n in s.synthesis_counts().items() if n > 0}
+        if reward_model is None:  # uncertainty and min_reward score with the reward model
+            counts.pop("uncertainty", None)
+            counts.pop("min_reward", None)
+        if self.reward_model is None and self.classifier is None:  # oracle mode: nothing to learn
+            counts = {}
+        if counts and len(self.replay):
             imagination = self._imagination()
-            half = s.synthesised // 2
-            for objective, st in (
-                ("uncertainty", starts[: s.synthesised - half]),
-                ("min_reward", starts[s.synthesised - half :]),
-            ):
+            features, reference = None, None
+            if "novelty" in counts:
+                features = self._novelty_features()
+                judged, _ = self.store.unacceptable_states()
+                reference = novelty_reference(
+                    judged if len(judged) else self.replay.arrays()[0], features, rng=self.rng
+                )
+            for objective, n in counts.items():
+                starts = self.replay.arrays()[0][self.rng.choice(len(self.replay), n)]
                 pool += synthesise(
                     self.planner,
                     imagination,
-                    st,
+                    starts,
                     objective=objective,
                     reward_model=reward_model,
                     classifier=classifier,
                     realism=s.realism,
                     length=s.segment_length,
                     generator=self.torch_gen,
+                    features=features,
+                    reference=reference,
                 )
         report = solicit_round(
             store=self.store,
@@ -522,6 +539,13 @@ class Loop:
         if report.pending and self.settings.human_wait_seconds > 0:
             self._wait_for_labels(self.settings.human_wait_seconds)
         return report
+
+    def _novelty_features(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Features the novelty objective measures distance in: the classifier's inputs."""
+        if self.classifier is not None:
+            return self.classifier.net.state_features
+        layout = self.task.layout
+        return StateFeatures(layout.input_mask, layout.periodic_mask)
 
     def _wait_for_labels(self, seconds: float) -> None:
         """Human mode: pause until the queue is labelled or ``seconds`` pass, then go on."""

@@ -5,18 +5,22 @@ One round (Leike et al. 2018, Sec. 5.2, 5.7; ReQueST, Reddy et al. 2020, Sec. 3)
 1. the pool: imagined segments the planner produced while acting, real segments
    from the replay buffer, and hypotheticals synthesised by planning on an
    acquisition objective (reward-ensemble disagreement plus side-constraint
-   uncertainty, minus world-model disagreement as a realism term; and the lowest
-   predicted reward, which finds the behaviour the reward model thinks is worst);
+   uncertainty, minus world-model disagreement as a realism term; novelty, the
+   distance to every state judged so far in the classifier's features, which finds
+   outcomes no label covers yet; and the lowest predicted reward, which finds the
+   behaviour the reward model thinks is worst);
 2. acquisition functions choose preference queries and unacceptable-state queries;
 3. a synthetic teacher answers at once, or (human mode) queries wait in the store
    for the labelling UI.
 
 Every segment shown in a preference query is also judged for unacceptable states,
-as a person marks "unacceptable from this frame" on either clip.
+as a person marks "unacceptable from this frame" on either clip, and so is every
+synthesised hypothetical: it was made to be asked about.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +31,8 @@ from mbrm.feedback.segments import FeedbackKind, Labeller, Segment, SegmentSourc
 from mbrm.feedback.store import FeedbackStore
 from mbrm.imagination import ModelImagination, as_tensor_state
 from mbrm.replay import ReplayBuffer
+
+SYNTHESIS_OBJECTIVES = ("uncertainty", "novelty", "min_reward")
 
 
 @dataclass
@@ -39,7 +45,9 @@ class SolicitSettings:
                         (the demo's ~44-segment pool left ~8 a round of its 12)
     segment_length:     transitions per segment
     real_candidates:    replay segments added to the pool per round
-    synthesised:        hypotheticals synthesised per round (half uncertainty, half min reward)
+    synthesised:        hypotheticals synthesised per round, split evenly over
+                        ``synthesis_objectives`` (the first ones get the remainder)
+    synthesis_objectives: acquisition objectives of synthesis, from SYNTHESIS_OBJECTIVES
     realism:            weight of the world-model disagreement penalty in synthesis
     label_budget:       total labels (preferences + unacceptable judgements); stop asking after
     """
@@ -50,9 +58,30 @@ class SolicitSettings:
     unacceptable: int = 6
     segment_length: int = 15
     real_candidates: int = 30
-    synthesised: int = 4
+    synthesised: int = 6
+    synthesis_objectives: Sequence[str] = ("uncertainty", "novelty", "min_reward")
     realism: float = 1.0
     label_budget: int = 2000
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.synthesis_objectives if o not in SYNTHESIS_OBJECTIVES]
+        if unknown:
+            raise ValueError(
+                f"unknown synthesis objectives {unknown}; expected some of {SYNTHESIS_OBJECTIVES}"
+            )
+        if self.synthesised < 0:
+            raise ValueError(f"synthesised must be >= 0, got {self.synthesised}")
+        if self.synthesised and not self.synthesis_objectives:
+            raise ValueError("synthesised > 0 needs at least one synthesis objective")
+        self.synthesis_objectives = tuple(self.synthesis_objectives)
+
+    def synthesis_counts(self) -> dict[str, int]:
+        """Objective -> hypotheticals per round (``synthesised`` split evenly, in order)."""
+        k = len(self.synthesis_objectives)
+        if k == 0:
+            return {}
+        base, extra = divmod(self.synthesised, k)
+        return {o: base + (i < extra) for i, o in enumerate(self.synthesis_objectives)}
 
 
 @dataclass
@@ -73,6 +102,28 @@ def imagined_segment(
     return Segment(states, top_actions[0, :T].double().numpy(), SegmentSource.IMAGINED)
 
 
+def novelty_reference(
+    states: np.ndarray,
+    features: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    rng: np.random.Generator,
+    max_states: int = 2000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference set of the novelty objective: features of ``states`` [L, F] and their scale [F].
+
+    At most ``max_states`` states (a random subset) keep the distance computation cheap;
+    the scale is each feature's std over the reference (at least 1e-3).
+    """
+    if len(states) == 0:
+        raise ValueError("the novelty objective needs at least one reference state")
+    if len(states) > max_states:
+        states = states[np.sort(rng.choice(len(states), max_states, replace=False))]
+    with torch.no_grad():
+        ref = features(torch.as_tensor(states, dtype=torch.float32)).float()
+    scale = ref.std(0, unbiased=False).clamp(min=1e-3) if len(ref) > 1 else torch.ones(ref.shape[1])
+    return ref / scale, scale
+
+
 def synthesise(
     planner,
     imagination: ModelImagination,
@@ -84,24 +135,46 @@ def synthesise(
     realism: float,
     length: int,
     generator: torch.Generator,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Segment]:
     """Plan on an acquisition objective from each start state; return the imagined plans.
 
-    objective ``uncertainty``: reward std + classifier std/near-threshold - realism * model
-    disagreement (std of the particles' next states, normalised); ``min_reward``: the
-    negated reward mean (what the reward model believes is worst).
+    Objectives (ReQueST, Reddy et al. 2020, Sec. 3.2: uncertainty, novelty, and the
+    reward extremes), each minus ``realism`` times the world model's disagreement (the
+    std of the particles' next states, normalised), so hypotheticals stay where the
+    model can be believed:
+
+    * ``uncertainty``: reward std + classifier std/near-threshold;
+    * ``novelty``: distance of each imagined state's ``features`` to the nearest state
+      of ``reference`` (from :func:`novelty_reference`: the states judged so far),
+      which steers the arm into outcomes no unacceptable label covers yet;
+    * ``min_reward``: the negated reward mean (what the reward model believes is worst),
+      without the realism term.
     """
+    if objective not in SYNTHESIS_OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {SYNTHESIS_OBJECTIVES}")
+    if objective in ("uncertainty", "min_reward") and reward_model is None:
+        raise ValueError(f"the {objective} objective needs a fitted reward model")
+    if objective == "novelty" and (features is None or reference is None):
+        raise ValueError("the novelty objective needs features and a reference set")
     wm = imagination.world_model
     scale = wm.target_norm.std.clamp(min=1e-6)
 
     def acquisition(s, a, s_next):
-        mean, std = reward_model.predict(s, a, s_next)
         if objective == "min_reward":
+            mean, _ = reward_model.predict(s, a, s_next)
             return -mean, torch.zeros_like(mean)
-        score = std
-        if classifier is not None:
-            p, p_std = classifier.predict(s_next)
-            score = score + p_std.float() + 4 * p * (1 - p)
+        if objective == "novelty":
+            ref, f_scale = reference
+            f = features(s_next).float() / f_scale  # [N, P, H, F]
+            flat = f.reshape(-1, f.shape[-1])
+            score = torch.cdist(flat, ref).min(1).values.reshape(f.shape[:-1])  # [N, P, H]
+        else:
+            _, score = reward_model.predict(s, a, s_next)
+            if classifier is not None:
+                p, p_std = classifier.predict(s_next)
+                score = score + p_std.float() + 4 * p * (1 - p)
         spread = (s_next / scale).std(dim=1, keepdim=True).mean(-1)  # [N, 1, H] over particles
         return score - realism * spread.expand_as(score), torch.zeros_like(score)
 
@@ -199,19 +272,32 @@ def solicit_round(
         report.preferences += 1
         for i in (q.left, q.right):
             judged.add(i)
-    # unacceptable judgements: segments shown in preferences, plus the most uncertain others
+    # unacceptable judgements: segments shown in preferences, every synthesised
+    # hypothetical, plus the most uncertain others
+    synthesised = [
+        i
+        for i, seg in enumerate(pool)
+        if seg.source is SegmentSource.SYNTHESISED and i not in judged
+    ]
+    taken = judged | set(synthesised)
     extra: list[int] = []
     if settings.unacceptable > 0 and classifier is not None and getattr(classifier, "fitted", True):
         scores = constraint_uncertainty(classifier, pool)
-        extra = [int(i) for i in np.argsort(-scores) if int(i) not in judged][
+        extra = [int(i) for i in np.argsort(-scores) if int(i) not in taken][
             : settings.unacceptable
         ]
     elif settings.unacceptable > 0:
-        extra = [int(i) for i in rng.permutation(len(pool)) if int(i) not in judged][
+        extra = [int(i) for i in rng.permutation(len(pool)) if int(i) not in taken][
             : settings.unacceptable
         ]
-    for i in sorted(judged) + extra:
-        acq = "with_preference" if i in judged else "constraint"
+    for i in sorted(judged) + synthesised + extra:
+        acq = (
+            "with_preference"
+            if i in judged
+            else "synthesised"
+            if i in synthesised
+            else "constraint"
+        )
         if unacceptable_teacher is None:
             store.add_query(
                 FeedbackKind.UNACCEPTABLE, (seg_id(i),), acquisition=acq, loop_round=round_index
