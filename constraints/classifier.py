@@ -14,6 +14,7 @@ its labels; ``alpha`` makes that trade-off explicit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mbrm.nn import (
+    DerivedFeature,
     EnsembleMLP,
     Normalizer,
     StateFeatures,
@@ -43,6 +45,7 @@ class _ClassifierNet(nn.Module):
         self,
         input_mask: np.ndarray,
         periodic_mask: np.ndarray | None,
+        derived: Sequence[DerivedFeature],
         ensemble_size: int,
         hidden: int,
         layers: int,
@@ -50,7 +53,7 @@ class _ClassifierNet(nn.Module):
         generator: torch.Generator,
     ) -> None:
         super().__init__()
-        self.state_features = StateFeatures(input_mask, periodic_mask)
+        self.state_features = StateFeatures(input_mask, periodic_mask, derived)
         in_dim = self.state_features.out_dim
         self.normalizer = Normalizer(in_dim)
         self.mlp = EnsembleMLP(
@@ -137,6 +140,7 @@ class ConstraintClassifier:
         *,
         input_mask: np.ndarray | None = None,
         periodic_mask: np.ndarray | None = None,
+        derived: Sequence[DerivedFeature] = (),
         ensemble_size: int = 5,
         hidden: int = 64,
         layers: int = 2,
@@ -171,8 +175,10 @@ class ConstraintClassifier:
         }
         gen = torch.Generator().manual_seed(int(seed))
         self.net = _ClassifierNet(
-            self.input_mask, periodic_mask, ensemble_size, hidden, layers, activation, gen
+            self.input_mask, periodic_mask, derived, ensemble_size, hidden, layers, activation, gen
         )
+        if self.net.state_features.derived:  # absent from older checkpoints' configs
+            self._config["derived"] = self.net.state_features.derived_names
         self.optimizer = torch.optim.AdamW(
             self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
         )

@@ -47,8 +47,12 @@ def build_loop(cfg: Any, run_dir: Path):
     kind = rm_cfg.pop("kind")
     if kind not in ("ensemble", "oracle"):
         raise ValueError(f"reward_model.kind must be 'ensemble' or 'oracle', got {kind!r}")
+    # the reward model and classifier also read the task's derived features (kinematics)
+    derived = task.layout.derived
     reward_model = (
-        RewardEnsemble(S, A, seed=seed, **masks, **rm_cfg) if kind == "ensemble" else None
+        RewardEnsemble(S, A, seed=seed, derived=derived, **masks, **rm_cfg)
+        if kind == "ensemble"
+        else None
     )
     cons = dict(c["constraints"])
     oracle_constraints = bool(cons.pop("oracle", False))
@@ -61,6 +65,7 @@ def build_loop(cfg: Any, run_dir: Path):
             seed=seed,
             input_mask=_classifier_mask(task, _learned_field(learned, "inputs")),
             periodic_mask=task.layout.periodic_mask,
+            derived=derived,
             **c["classifier"],
         )
     )

@@ -545,7 +545,7 @@ class Loop:
         if self.classifier is not None:
             return self.classifier.net.state_features
         layout = self.task.layout
-        return StateFeatures(layout.input_mask, layout.periodic_mask)
+        return StateFeatures(layout.input_mask, layout.periodic_mask, layout.derived)
 
     def _wait_for_labels(self, seconds: float) -> None:
         """Human mode: pause until the queue is labelled or ``seconds`` pass, then go on."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -256,6 +257,25 @@ def member_mean_std(y: torch.Tensor, *, unbiased: bool) -> tuple[torch.Tensor, t
     return mean, d.mul_(d).sum(0).div_(n).sqrt_()
 
 
+@dataclass(frozen=True)
+class DerivedFeature:
+    """A network input computed from the state, e.g. a body position by forward kinematics.
+
+    name:    shown in configs and checkpoints (``fingertip.x``)
+    inputs:  indices of the state dimensions it reads; a network whose input mask drops
+             any of them does not get the feature
+    fn:      states [..., S] (torch) -> [...]
+
+    Gymnasium's observations carry such quantities (Reacher's fingertip-to-target
+    vector); PETS preprocesses its observations the same way (Chua et al. 2018,
+    appendix A). They are kinematics, not the hidden reward.
+    """
+
+    name: str
+    inputs: tuple[int, ...]
+    fn: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, compare=False)
+
+
 class StateFeatures(nn.Module):
     """Network features of raw states: kept dimensions as they are, periodic angles as (sin, cos).
 
@@ -263,10 +283,16 @@ class StateFeatures(nn.Module):
     root position); ``periodic_mask [S]`` marks angles of unlimited hinges (a
     free-spinning joint, a torso that can flip), which wrap around, so the networks
     see ``sin`` and ``cos`` instead of the raw angle (as PETS does for the
-    cart-pole angle, Chua et al. 2018, appendix A). states [..., S] -> [..., F].
+    cart-pole angle, Chua et al. 2018, appendix A). ``derived`` features are appended
+    when every state dimension they read is kept. states [..., S] -> [..., F].
     """
 
-    def __init__(self, input_mask: np.ndarray, periodic_mask: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        input_mask: np.ndarray,
+        periodic_mask: np.ndarray | None = None,
+        derived: Sequence[DerivedFeature] = (),
+    ) -> None:
         super().__init__()
         keep = np.asarray(input_mask, dtype=bool)
         per = (
@@ -274,19 +300,34 @@ class StateFeatures(nn.Module):
         )
         if per.shape != keep.shape:
             raise ValueError(f"periodic_mask has shape {per.shape}, input_mask {keep.shape}")
+        for d in derived:
+            if not d.inputs or max(d.inputs) >= len(keep) or min(d.inputs) < 0:
+                raise ValueError(
+                    f"derived feature {d.name!r} reads dimensions {list(d.inputs)} of a "
+                    f"{len(keep)}-dimensional state"
+                )
+        self.derived = tuple(d for d in derived if keep[list(d.inputs)].all())
         self.register_buffer(
             "plain_idx", torch.as_tensor(np.flatnonzero(keep & ~per), dtype=torch.long)
         )
         self.register_buffer(
             "periodic_idx", torch.as_tensor(np.flatnonzero(keep & per), dtype=torch.long)
         )
-        self.out_dim = int((keep & ~per).sum() + 2 * (keep & per).sum())
+        self.out_dim = int((keep & ~per).sum() + 2 * (keep & per).sum()) + len(self.derived)
+
+    @property
+    def derived_names(self) -> list[str]:
+        """Names of the derived features this module appends, in order."""
+        return [d.name for d in self.derived]
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         x = states.index_select(-1, self.plain_idx)
         if len(self.periodic_idx):
             angle = states.index_select(-1, self.periodic_idx)
             x = torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=-1)
+        if self.derived:
+            extra = torch.stack([d.fn(states).to(x.dtype) for d in self.derived], dim=-1)
+            x = torch.cat([x, extra], dim=-1)
         return x
 
 

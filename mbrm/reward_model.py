@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from mbrm.feedback.segments import Preference, Segment
 from mbrm.nn import (
+    DerivedFeature,
     EnsembleMLP,
     Normalizer,
     StateFeatures,
@@ -75,6 +76,7 @@ class _RewardNet(nn.Module):
         action_dim: int,
         input_mask: np.ndarray,
         periodic_mask: np.ndarray | None,
+        derived: Sequence[DerivedFeature],
         ensemble_size: int,
         hidden: int,
         layers: int,
@@ -84,7 +86,7 @@ class _RewardNet(nn.Module):
         super().__init__()
         self.state_dim = state_dim
         self.action_dim = action_dim
-        self.state_features = StateFeatures(input_mask, periodic_mask)
+        self.state_features = StateFeatures(input_mask, periodic_mask, derived)
         in_dim = self.state_features.out_dim + action_dim
         self.normalizer = Normalizer(in_dim)
         self.mlp = EnsembleMLP(
@@ -170,6 +172,7 @@ class RewardEnsemble:
         *,
         input_mask: np.ndarray | None = None,
         periodic_mask: np.ndarray | None = None,
+        derived: Sequence[DerivedFeature] = (),
         ensemble_size: int = 5,
         hidden: int = 64,
         layers: int = 2,
@@ -217,12 +220,15 @@ class RewardEnsemble:
             action_dim,
             self.input_mask,
             periodic_mask,
+            derived,
             ensemble_size,
             hidden,
             layers,
             activation,
             init_gen,
         )
+        if self.net.state_features.derived:  # absent from older checkpoints' configs
+            self._config["derived"] = self.net.state_features.derived_names
         self.optimizer = torch.optim.AdamW(
             self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
         )

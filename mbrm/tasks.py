@@ -31,6 +31,9 @@ import gymnasium as gym
 import gymnasium.envs.mujoco as gym_mujoco
 import mujoco
 import numpy as np
+import torch
+
+from mbrm.nn import DerivedFeature
 
 # --------------------------------------------------------------------------- physics quantities
 
@@ -59,6 +62,33 @@ def fingertip_position(s: np.ndarray) -> np.ndarray:
     x = REACHER_LINK0 * np.cos(q0) + REACHER_LINK1 * np.cos(q0 + q1)
     y = REACHER_LINK0 * np.sin(q0) + REACHER_LINK1 * np.sin(q0 + q1)
     return np.stack([x, y], axis=-1)
+
+
+def _fingertip_torch(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q0, q1 = s[..., 0], s[..., 1]
+    x = REACHER_LINK0 * torch.cos(q0) + REACHER_LINK1 * torch.cos(q0 + q1)
+    y = REACHER_LINK0 * torch.sin(q0) + REACHER_LINK1 * torch.sin(q0 + q1)
+    return x, y
+
+
+REACHER_POSE = ("qpos.joint0", "qpos.joint1")
+REACHER_POSE_AND_TARGET = (*REACHER_POSE, "qpos.target_x", "qpos.target_y")
+# Gymnasium's Reacher observation carries the fingertip-to-target vector; the fingertip
+# position alone depends on the pose only, so a pose-only classifier reads it too.
+REACHER_DERIVED = (
+    ("fingertip.x", REACHER_POSE, lambda s: _fingertip_torch(s)[0]),
+    ("fingertip.y", REACHER_POSE, lambda s: _fingertip_torch(s)[1]),
+    (
+        "fingertip_to_target.x",
+        REACHER_POSE_AND_TARGET,
+        lambda s: _fingertip_torch(s)[0] - s[..., 2],
+    ),
+    (
+        "fingertip_to_target.y",
+        REACHER_POSE_AND_TARGET,
+        lambda s: _fingertip_torch(s)[1] - s[..., 3],
+    ),
+)
 
 
 def reacher_target_position(s: np.ndarray) -> np.ndarray:
@@ -210,6 +240,8 @@ class StateLayout:
     dt:        seconds per environment step (frame_skip * timestep)
     periodic:  qpos indices of unlimited hinges, whose angles wrap around; networks
                see them as (sin, cos)
+    derived:   features computed from the state that the reward model and the
+               classifier also read (e.g. reacher's fingertip position)
     """
 
     names: tuple[str, ...]
@@ -218,6 +250,7 @@ class StateLayout:
     excluded: tuple[int, ...]
     dt: float
     periodic: tuple[int, ...] = ()
+    derived: tuple[DerivedFeature, ...] = ()
 
     @property
     def dim(self) -> int:
@@ -262,6 +295,10 @@ class Task:
     excluded_inputs: tuple[str, ...] = ()
     reset_fn: Callable[[Any], None] | None = field(default=None, repr=False)
     xml_fn: Callable[[], str] | None = field(default=None, repr=False)
+    # (name, state dimensions it reads, torch function of states [..., S] -> [...])
+    derived_features: tuple[tuple[str, tuple[str, ...], Callable[[Any], Any]], ...] = field(
+        default=(), repr=False
+    )
 
     # ---- environments
 
@@ -322,7 +359,11 @@ class Task:
             names, m.nq, m.nv, (), float(m.opt.timestep * self.__dict__["_frame_skip"])
         )
         excluded = tuple(layout.index(n) for n in self.excluded_inputs)
-        return StateLayout(names, m.nq, m.nv, excluded, layout.dt, tuple(periodic))
+        derived = tuple(
+            DerivedFeature(name, tuple(layout.index(n) for n in reads), fn)
+            for name, reads, fn in self.derived_features
+        )
+        return StateLayout(names, m.nq, m.nv, excluded, layout.dt, tuple(periodic), derived)
 
     @functools.cached_property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -468,6 +509,7 @@ TASKS: dict[str, Task] = {
             unacceptable_fn=_reacher_unacceptable,
             reset_fn=_reacher_reset,
             xml_fn=_reacher_keepout_xml,
+            derived_features=REACHER_DERIVED,
         ),
         Task(
             name="half_cheetah_safe",

@@ -360,24 +360,29 @@ def test_the_learned_entry_inputs_narrow_what_the_classifier_reads(tmp_path):
     """`inputs` lists the state dimensions the unacceptable rule may depend on."""
     task = get_task("reacher_keepout")
     joints = ["qpos.joint0", "qpos.joint1"]
-    cfg = tiny_cfg(
-        "reacher_keepout", "cem", f"+constraints.entries.unacceptable.inputs=[{','.join(joints)}]"
-    )
-    feats = build_loop(cfg, tmp_path / "a").classifier.net.state_features
+    # reacher_keepout's set already says the disc depends on the arm's pose alone
+    feats = build_loop(tiny_cfg("reacher_keepout", "cem"), tmp_path / "a").classifier
+    feats = feats.net.state_features
     read = sorted({*feats.plain_idx.tolist(), *feats.periodic_idx.tolist()})
     assert read == sorted(task.layout.index(n) for n in joints)
-    everything = build_loop(tiny_cfg("reacher_keepout", "cem"), tmp_path / "b").classifier
+    # derived features that read the target are dropped with it
+    assert feats.derived_names == ["fingertip.x", "fingertip.y"]
+    everything = build_loop(
+        tiny_cfg("reacher_keepout", "cem", "~constraints.entries.unacceptable.inputs"),
+        tmp_path / "b",
+    ).classifier
     full = everything.net.state_features
     assert len(full.plain_idx) + len(full.periodic_idx) == int(task.layout.input_mask.sum())
+    assert len(full.derived_names) == 4
     typo = tiny_cfg(
-        "reacher_keepout", "cem", "+constraints.entries.unacceptable.inputs=[qpos.joint9]"
+        "reacher_keepout", "cem", "constraints.entries.unacceptable.inputs=[qpos.joint9]"
     )
     with pytest.raises(ValueError, match=r"'qpos\.joint9'"):
         build_loop(typo, tmp_path / "c")
     two = tiny_cfg(
         "reacher_keepout",
         "cem",
-        "+constraints.entries.unacceptable.inputs=[qpos.joint0]",
+        "constraints.entries.unacceptable.inputs=[qpos.joint0]",
         "+constraints.entries.second={kind: learned, inputs: [qpos.joint1]}",
     )
     with pytest.raises(ValueError, match="different inputs"):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mbrm.nn import (
+    DerivedFeature,
     EnsembleLinear,
     EnsembleMLP,
     Normalizer,
@@ -142,3 +143,18 @@ def test_infer_activation_into_another_buffer_is_bit_identical_to_in_place(
     fast = mlp.infer(x, mlp.scratch(50)).clone()
     monkeypatch.setattr(mbrm.nn, "OUT_ACTIVATIONS", {})
     assert torch.equal(mlp.infer(x, mlp.scratch(50)), fast)
+
+
+def test_derived_features_join_only_when_their_inputs_are_kept():
+    total = DerivedFeature("sum01", (0, 1), lambda s: s[..., 0] + s[..., 1])
+    third = DerivedFeature("twice2", (2,), lambda s: 2 * s[..., 2])
+    s = torch.tensor([[1.0, 2.0, 3.0]])
+    both = StateFeatures(np.ones(3, bool), None, [total, third])
+    assert both.out_dim == 5 and both.derived_names == ["sum01", "twice2"]
+    torch.testing.assert_close(both(s), torch.tensor([[1.0, 2.0, 3.0, 3.0, 6.0]]))
+    # dimension 1 dropped: the feature reading it is dropped too, so nothing leaks through it
+    some = StateFeatures(np.array([True, False, True]), None, [total, third])
+    assert some.derived_names == ["twice2"]
+    torch.testing.assert_close(some(s), torch.tensor([[1.0, 3.0, 6.0]]))
+    with pytest.raises(ValueError, match="reads dimensions"):
+        StateFeatures(np.ones(3, bool), None, [DerivedFeature("bad", (5,), lambda s: s[..., 0])])

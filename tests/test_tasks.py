@@ -3,6 +3,7 @@
 import mujoco
 import numpy as np
 import pytest
+import torch
 
 from mbrm import tasks as T
 from mbrm.tasks import TASKS, get_task
@@ -196,3 +197,27 @@ def test_unlimited_hinges_are_periodic():
     assert get_task("reacher_keepout").layout.periodic == (0,)  # joint0 spins freely
     assert get_task("half_cheetah_safe").layout.periodic == (2,)  # the torso can flip
     assert get_task("inverted_pendulum").layout.periodic == ()  # the hinge is limited
+
+
+def test_reacher_derived_features_are_the_fingertip_kinematics(rng):
+    """The reward model's and classifier's extra inputs equal MuJoCo's kinematics."""
+    task = get_task("reacher_keepout")
+    derived = {d.name: d for d in task.layout.derived}
+    assert list(derived) == [
+        "fingertip.x",
+        "fingertip.y",
+        "fingertip_to_target.x",
+        "fingertip_to_target.y",
+    ]
+    states = rng.uniform(-3, 3, size=(50, task.state_dim))
+    tip = T.fingertip_position(states)
+    rel = tip - T.reacher_target_position(states)
+    s = torch.as_tensor(states)
+    for i, axis in enumerate("xy"):
+        np.testing.assert_allclose(derived[f"fingertip.{axis}"].fn(s).numpy(), tip[:, i])
+        np.testing.assert_allclose(derived[f"fingertip_to_target.{axis}"].fn(s).numpy(), rel[:, i])
+    pose = {task.layout.index("qpos.joint0"), task.layout.index("qpos.joint1")}
+    assert set(derived["fingertip.x"].inputs) == pose
+    # no hidden objective among them: none is the distance or the keep-out flag
+    assert not any("dist" in n or "keep" in n for n in derived)
+    assert get_task("half_cheetah_safe").layout.derived == ()
