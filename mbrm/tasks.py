@@ -295,10 +295,9 @@ class Task:
     excluded_inputs: tuple[str, ...] = ()
     reset_fn: Callable[[Any], None] | None = field(default=None, repr=False)
     xml_fn: Callable[[], str] | None = field(default=None, repr=False)
-    # (name, state dimensions it reads, torch function of states [..., S] -> [...])
-    derived_features: tuple[tuple[str, tuple[str, ...], Callable[[Any], Any]], ...] = field(
-        default=(), repr=False
-    )
+    # (name, names of the state dimensions it reads, torch function states [..., S] -> [...]);
+    # typed loosely because Hydra's instantiate turns a Task argument into a config node
+    derived_features: tuple[Any, ...] = field(default=(), repr=False)
 
     # ---- environments
 
