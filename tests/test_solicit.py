@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mbrm.feedback.queries import constraint_uncertainty
 from mbrm.feedback.segments import Segment, SegmentSource
 from mbrm.feedback.store import FeedbackStore
 from mbrm.feedback.teachers import UnacceptableTeacher
@@ -141,3 +142,18 @@ def test_every_synthesised_hypothetical_is_judged(tmp_path, rng):
         assert [q.acquisition for q in queries] == ["synthesised", "synthesised"]
         states, flags = store.unacceptable_states()
         assert len(states) == 10 and len(flags) == 10
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_constraint_uncertainty_takes_a_saturated_threshold(threshold):
+    """A threshold calibrated to exactly 0 or 1 (float32 sigmoid saturates) gives finite scores."""
+
+    class Saturated:
+        def predict(self, states):
+            p = torch.tensor([0.0, 0.5, 1.0])[: len(states)]
+            return p, torch.zeros_like(p)
+
+    Saturated.threshold = threshold
+    seg = Segment(np.zeros((3, 2)), np.zeros((2, 1)))
+    scores = constraint_uncertainty(Saturated(), [seg])
+    assert np.isfinite(scores).all() and 0.0 <= scores[0] <= 1.0

@@ -70,14 +70,19 @@ def constraint_uncertainty(classifier, segments: Sequence[Segment]) -> np.ndarra
     """Max over a segment's states of near-threshold-ness plus ensemble std: [M].
 
     Near-threshold-ness is ``exp(-|logit p - logit tau|)`` (1 at the threshold).
-    Before calibration the threshold is taken as 0.5.
+    Before calibration the threshold is taken as 0.5. A threshold calibrated to
+    exactly 0 or 1 (float32 scores saturate) has an infinite logit: no state is near it.
     """
-    tau = classifier.threshold if classifier.threshold is not None else 0.5
+    tau = float(classifier.threshold) if classifier.threshold is not None else 0.5
+    if tau <= 0.0 or tau >= 1.0:
+        logit_tau = float("-inf") if tau <= 0.0 else float("inf")
+    else:
+        logit_tau = float(np.log(tau / (1 - tau)))
     out = np.empty(len(segments))
     for i, seg in enumerate(segments):
         p, std = classifier.predict(torch.as_tensor(seg.states, dtype=torch.float32))
         p = p.double().clamp(1e-6, 1 - 1e-6)
-        gap = (torch.logit(p) - float(np.log(tau / (1 - tau)))).abs()
+        gap = (torch.logit(p) - logit_tau).abs()
         out[i] = float((torch.exp(-gap) + std.double()).max())
     return out
 
