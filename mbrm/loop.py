@@ -502,15 +502,16 @@ class Loop:
             counts = {}
         if counts and len(self.replay):
             imagination = self._imagination()
+            replay_states = self.replay.arrays()[0]  # a copy: take it once
             features, reference = None, None
             if "novelty" in counts:
                 features = self._novelty_features()
                 judged, _ = self.store.unacceptable_states()
                 reference = novelty_reference(
-                    judged if len(judged) else self.replay.arrays()[0], features, rng=self.rng
+                    judged if len(judged) else replay_states, features, rng=self.rng
                 )
             for objective, n in counts.items():
-                starts = self.replay.arrays()[0][self.rng.choice(len(self.replay), n)]
+                starts = replay_states[self.rng.choice(len(replay_states), n)]
                 pool += synthesise(
                     self.planner,
                     imagination,

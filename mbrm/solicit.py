@@ -69,6 +69,11 @@ class SolicitSettings:
             raise ValueError(
                 f"unknown synthesis objectives {unknown}; expected some of {SYNTHESIS_OBJECTIVES}"
             )
+        repeated = sorted(
+            {o for o in self.synthesis_objectives if self.synthesis_objectives.count(o) > 1}
+        )
+        if repeated:
+            raise ValueError(f"synthesis objectives {repeated} are listed more than once")
         if self.synthesised < 0:
             raise ValueError(f"synthesised must be >= 0, got {self.synthesised}")
         if self.synthesised and not self.synthesis_objectives:

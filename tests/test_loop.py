@@ -367,6 +367,14 @@ def test_the_learned_entry_inputs_narrow_what_the_classifier_reads(tmp_path):
     assert read == sorted(task.layout.index(n) for n in joints)
     # derived features that read the target are dropped with it
     assert feats.derived_names == ["fingertip.x", "fingertip.y"]
+    # the reward model reads every derived feature: the fingertip-to-target vector too
+    reward_feats = build_loop(tiny_cfg("reacher_keepout", "cem"), tmp_path / "r").reward_model
+    assert reward_feats.net.state_features.derived_names == [
+        "fingertip.x",
+        "fingertip.y",
+        "fingertip_to_target.x",
+        "fingertip_to_target.y",
+    ]
     everything = build_loop(
         tiny_cfg("reacher_keepout", "cem", "~constraints.entries.unacceptable.inputs"),
         tmp_path / "b",

@@ -33,6 +33,7 @@ def test_synthesis_counts_split_evenly_in_order():
     [
         ({"synthesis_objectives": ["novelty", "curiosity"]}, "curiosity"),
         ({"synthesised": -1}, "synthesised must be >= 0"),
+        ({"synthesis_objectives": ["novelty", "novelty"]}, "listed more than once"),
         ({"synthesised": 2, "synthesis_objectives": []}, "at least one synthesis objective"),
     ],
 )
