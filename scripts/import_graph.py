@@ -27,7 +27,8 @@ from pathlib import Path
 PACKAGES: tuple[str, ...] = ("mbrm", "planners", "constraints")
 
 # The layer table of docs/DESIGN.md, top to bottom. A module belongs to the first
-# layer with a prefix equal to its name or to a dotted parent of it.
+# layer with a prefix equal to its name or to a dotted parent of it; a prefix
+# ending in "*" matches any name that starts with the rest.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("applications", ("mbrm.cli", "mbrm.labeling", "mbrm.report", "benchmarks")),
     ("composition root", ("mbrm.run",)),
@@ -38,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mbrm.agent",
             "mbrm.imagination",
             "mbrm.solicit",
+            "mbrm.synthesis",
             "mbrm.solicitation",
             "mbrm.episodes",
             "mbrm.calibration",
@@ -51,10 +53,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "learners and data",
         (
-            "mbrm.world_model",
-            "mbrm.reward_model",
+            "mbrm.world_model*",
+            "mbrm.reward_*",
             "mbrm.feedback",
             "mbrm.replay",
+            "mbrm.preference_pairs",
             "mbrm.ensemble",
             "mbrm.ensemble_training",
             "constraints",
@@ -82,8 +85,11 @@ APPLICATION_PREFIXES: tuple[str, ...] = ("mbrm.cli", "mbrm.labeling", "mbrm.repo
 
 
 def has_prefix(module: str, prefixes: Iterable[str]) -> bool:
-    """Whether ``module`` is one of ``prefixes`` or a submodule of one."""
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
+    """Whether ``module`` is one of ``prefixes`` or a submodule of one (``p*``: starts with p)."""
+    return any(
+        module.startswith(p[:-1]) if p.endswith("*") else module == p or module.startswith(p + ".")
+        for p in prefixes
+    )
 
 
 def module_files(root: Path | str, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
