@@ -1,5 +1,7 @@
 """Invariants over every task: spaces, determinism, hidden reward, rendering."""
 
+import importlib
+
 import mujoco
 import numpy as np
 import pytest
@@ -221,3 +223,13 @@ def test_reacher_derived_features_are_the_fingertip_kinematics(rng):
     # no hidden objective among them: none is the distance or the keep-out flag
     assert not any("dist" in n or "keep" in n for n in derived)
     assert get_task("half_cheetah_safe").layout.derived == ()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_task_is_defined_in_its_own_module(name):
+    """The registry holds each task's module-level definition and hidden rules."""
+    module = importlib.import_module(f"mbrm.tasks.{name}")
+    task = get_task(name)
+    assert module.TASK is task
+    assert task.reward_fn is module.true_reward
+    assert task.unacceptable_fn is module.unacceptable

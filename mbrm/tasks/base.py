@@ -1,8 +1,9 @@
-"""Task registry: gymnasium MuJoCo environments with a hidden objective.
+"""The shared parts of every task: its state layout, its environments, its renderer.
 
 Every task exposes the *full simulator state* ``qpos | qvel`` as its observation
 so that any state, real or imagined, can be rendered and judged (Leike et al.
-2018, Sec. 5.2: evaluating outcomes of hypothetical behaviour). Each task owns
+2018, Sec. 5.2: evaluating outcomes of hypothetical behaviour). A :class:`Task`
+owns
 
 * ``true_reward(s, a, s_next)`` and ``unacceptable(s)``: the hidden objective,
   batched over leading dimensions, for synthetic teachers and evaluation only;
@@ -11,105 +12,23 @@ so that any state, real or imagined, can be rendered and judged (Leike et al.
   not a termination rule the agent is told about);
 * ``render(states)``: frames of any state sequence.
 
-Physics quantities (fingertip position, forward velocity, ...) are named
-functions kept apart from the reward and acceptability logic.
+The task-specific parts (physics quantities, the hidden rules, XML and reset
+hooks) live in one module per task beside this one.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import gymnasium.envs.mujoco as gym_mujoco
 import mujoco
 import numpy as np
-import torch
 
 from mbrm.nn import DerivedFeature
-
-# --------------------------------------------------------------------------- physics quantities
-
-
-def pole_angle(s: np.ndarray) -> np.ndarray:
-    """InvertedPendulum hinge angle (rad)."""
-    return s[..., 1]
-
-
-def cart_position(s: np.ndarray) -> np.ndarray:
-    """InvertedPendulum cart position on its rail (m)."""
-    return s[..., 0]
-
-
-REACHER_LINK0 = 0.1  # body1 offset along link0 (reacher.xml)
-REACHER_LINK1 = 0.11  # fingertip offset along link1 (reacher.xml)
-
-
-def fingertip_position(s: np.ndarray) -> np.ndarray:
-    """Reacher fingertip (x, y) by forward kinematics of the two hinges.
-
-    Equal to MuJoCo's ``xpos`` of the fingertip body (checked in the tests);
-    computed in closed form so it is cheap on millions of imagined states.
-    """
-    q0, q1 = s[..., 0], s[..., 1]
-    x = REACHER_LINK0 * np.cos(q0) + REACHER_LINK1 * np.cos(q0 + q1)
-    y = REACHER_LINK0 * np.sin(q0) + REACHER_LINK1 * np.sin(q0 + q1)
-    return np.stack([x, y], axis=-1)
-
-
-def _fingertip_torch(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    q0, q1 = s[..., 0], s[..., 1]
-    x = REACHER_LINK0 * torch.cos(q0) + REACHER_LINK1 * torch.cos(q0 + q1)
-    y = REACHER_LINK0 * torch.sin(q0) + REACHER_LINK1 * torch.sin(q0 + q1)
-    return x, y
-
-
-REACHER_POSE = ("qpos.joint0", "qpos.joint1")
-REACHER_POSE_AND_TARGET = (*REACHER_POSE, "qpos.target_x", "qpos.target_y")
-# Gymnasium's Reacher observation carries the fingertip-to-target vector; the fingertip
-# position alone depends on the pose only, so a pose-only classifier reads it too.
-REACHER_DERIVED = (
-    ("fingertip.x", REACHER_POSE, lambda s: _fingertip_torch(s)[0]),
-    ("fingertip.y", REACHER_POSE, lambda s: _fingertip_torch(s)[1]),
-    (
-        "fingertip_to_target.x",
-        REACHER_POSE_AND_TARGET,
-        lambda s: _fingertip_torch(s)[0] - s[..., 2],
-    ),
-    (
-        "fingertip_to_target.y",
-        REACHER_POSE_AND_TARGET,
-        lambda s: _fingertip_torch(s)[1] - s[..., 3],
-    ),
-)
-
-
-def reacher_target_position(s: np.ndarray) -> np.ndarray:
-    """Reacher target (x, y): the target's slide joints hold world coordinates."""
-    return s[..., 2:4]
-
-
-def forward_velocity(s: np.ndarray) -> np.ndarray:
-    """Root x velocity (m/s) for planar walkers whose qpos[0] is root x."""
-    nq = s.shape[-1] // 2
-    return s[..., nq]
-
-
-def torso_angle(s: np.ndarray) -> np.ndarray:
-    """Root pitch angle (rad) for planar walkers (qpos[2] = rooty)."""
-    return s[..., 2]
-
-
-def torso_height(s: np.ndarray) -> np.ndarray:
-    """Root z (m) for planar walkers (qpos[1] = rootz)."""
-    return s[..., 1]
 
 
 def _check_shapes(s: np.ndarray, a: np.ndarray, s_next: np.ndarray) -> None:
@@ -118,115 +37,6 @@ def _check_shapes(s: np.ndarray, a: np.ndarray, s_next: np.ndarray) -> None:
             f"true_reward expects s [..., S], a [..., A], s_next [..., S] with the same "
             f"leading dimensions; got {s.shape}, {a.shape}, {s_next.shape}"
         )
-
-
-# --------------------------------------------------------------------------- per-task objectives
-
-PENDULUM_MAX_ANGLE = 0.2  # rad, gymnasium's termination angle
-PENDULUM_RAIL_LIMIT = 0.9  # m; the slider's joint range is +-1, the end stop is a crash
-
-KEEPOUT_CENTER = (0.1, 0.0)  # on the line from the arm's rest pose to the base
-KEEPOUT_RADIUS = 0.05  # crosses the straight fingertip path to ~54% of targets
-KEEPOUT_TARGET_MARGIN = 0.02  # targets are resampled until this far outside the disc
-
-CHEETAH_SPEED_LIMIT = 3.2096  # m/s, Safety-Gymnasium's HalfCheetah velocity threshold
-CHEETAH_FLIP_ANGLE = np.pi / 2
-
-HOPPER_SPEED_LIMIT = 0.7402  # m/s, Safety-Gymnasium's Hopper velocity threshold
-HOPPER_Z_MIN = 0.7
-HOPPER_ANGLE_MAX = 0.2
-HOPPER_STATE_MAX = 100.0
-
-
-def _pendulum_reward(s, a, s_next, dt):
-    alive = np.isfinite(s_next).all(-1) & (np.abs(pole_angle(s_next)) <= PENDULUM_MAX_ANGLE)
-    return alive.astype(np.float64)
-
-
-def _pendulum_unacceptable(s):
-    return (np.abs(pole_angle(s)) > PENDULUM_MAX_ANGLE) | (
-        np.abs(cart_position(s)) > PENDULUM_RAIL_LIMIT
-    )
-
-
-def _reacher_reward(s, a, s_next, dt):
-    dist = np.linalg.norm(fingertip_position(s_next) - reacher_target_position(s_next), axis=-1)
-    return -dist - np.square(a).sum(-1)
-
-
-def _reacher_unacceptable(s):
-    d = np.linalg.norm(fingertip_position(s) - np.asarray(KEEPOUT_CENTER), axis=-1)
-    return d < KEEPOUT_RADIUS
-
-
-def _cheetah_reward(s, a, s_next, dt):
-    return (s_next[..., 0] - s[..., 0]) / dt - 0.1 * np.square(a).sum(-1)
-
-
-def _cheetah_unacceptable(s):
-    return (forward_velocity(s) > CHEETAH_SPEED_LIMIT) | (
-        np.abs(torso_angle(s)) > CHEETAH_FLIP_ANGLE
-    )
-
-
-def _hopper_healthy(s):
-    rest = s[..., 2:]
-    return (
-        np.all((rest > -HOPPER_STATE_MAX) & (rest < HOPPER_STATE_MAX), axis=-1)
-        & (torso_height(s) > HOPPER_Z_MIN)
-        & (np.abs(torso_angle(s)) < HOPPER_ANGLE_MAX)
-    )
-
-
-def _hopper_reward(s, a, s_next, dt):
-    forward = (s_next[..., 0] - s[..., 0]) / dt
-    return forward + _hopper_healthy(s_next).astype(np.float64) - 1e-3 * np.square(a).sum(-1)
-
-
-def _hopper_unacceptable(s):
-    return ~_hopper_healthy(s) | (forward_velocity(s) > HOPPER_SPEED_LIMIT)
-
-
-def _reacher_keepout_xml() -> str:
-    """gymnasium's reacher.xml plus a visual-only keep-out disc (no mass, no contacts)."""
-    src = Path(gym_mujoco.__file__).parent / "assets" / "reacher.xml"
-    text = src.read_text()
-    cx, cy = KEEPOUT_CENTER
-    disc = (
-        f'<geom name="keepout" type="cylinder" pos="{cx} {cy} 0.0005" '
-        f'size="{KEEPOUT_RADIUS} 0.0005" rgba="0.95 0.1 0.1 0.45" '
-        'contype="0" conaffinity="0" group="1"/>\n\t\t<!-- Arm -->'
-    )
-    if "<!-- Arm -->" not in text:
-        raise RuntimeError(f"unexpected reacher.xml layout in {src}")
-    text = text.replace("<!-- Arm -->", disc, 1)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    out = (
-        Path(tempfile.gettempdir()) / f"mbrm-assets-{os.getuid()}" / f"reacher_keepout_{digest}.xml"
-    )
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
-    return str(out)
-
-
-def _reacher_reset(env: Any) -> None:
-    """Resample the target until it lies outside the keep-out disc (plus a margin)."""
-    u = env.unwrapped
-    center = np.asarray(KEEPOUT_CENTER)
-    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
-    while np.linalg.norm(qpos[2:4] - center) < KEEPOUT_RADIUS + KEEPOUT_TARGET_MARGIN:
-        while True:
-            goal = u.np_random.uniform(low=-0.2, high=0.2, size=2)
-            if np.linalg.norm(goal) < 0.2:
-                break
-        qpos[2:4] = goal
-    u.set_state(qpos, qvel)
-
-
-# --------------------------------------------------------------------------- task objects
 
 
 @dataclass(frozen=True)
@@ -477,77 +287,3 @@ class AgentEnv(gym.Wrapper):
         nonfinite = not np.isfinite(s).all()
         info["nonfinite"] = nonfinite
         return s, float("nan"), nonfinite, truncated, info
-
-
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in [
-        Task(
-            name="inverted_pendulum",
-            env_id="InvertedPendulum-v5",
-            description="Balance a pole on a cart; the true reward is 1 per step upright.",
-            unacceptable_description=(
-                f"pole beyond {PENDULUM_MAX_ANGLE} rad, or cart beyond "
-                f"{PENDULUM_RAIL_LIMIT} m (the rail's end stop is at 1 m)"
-            ),
-            episode_length=200,
-            reward_fn=_pendulum_reward,
-            unacceptable_fn=_pendulum_unacceptable,
-        ),
-        Task(
-            name="reacher_keepout",
-            env_id="Reacher-v5",
-            description="Reach a random target with a 2-link arm (Reacher reward).",
-            unacceptable_description=(
-                f"fingertip inside the keep-out disc of radius {KEEPOUT_RADIUS} m at "
-                f"{KEEPOUT_CENTER} (drawn red in renders); it lies on the straight "
-                "path to about half the targets"
-            ),
-            episode_length=50,
-            reward_fn=_reacher_reward,
-            unacceptable_fn=_reacher_unacceptable,
-            reset_fn=_reacher_reset,
-            xml_fn=_reacher_keepout_xml,
-            derived_features=REACHER_DERIVED,
-        ),
-        Task(
-            name="half_cheetah_safe",
-            env_id="HalfCheetah-v5",
-            description="Run forward (HalfCheetah reward).",
-            unacceptable_description=(
-                f"forward speed above {CHEETAH_SPEED_LIMIT} m/s, or torso flipped past 90 degrees"
-            ),
-            episode_length=1000,
-            reward_fn=_cheetah_reward,
-            unacceptable_fn=_cheetah_unacceptable,
-            env_kwargs={"exclude_current_positions_from_observation": False},
-            excluded_inputs=("qpos.rootx",),
-        ),
-        Task(
-            name="hopper_safe",
-            env_id="Hopper-v5",
-            description="Hop forward (Hopper reward).",
-            unacceptable_description=(
-                "falling (gymnasium's unhealthy condition: height below 0.7 m, torso "
-                f"beyond 0.2 rad, or a state entry beyond 100) or forward speed above "
-                f"{HOPPER_SPEED_LIMIT} m/s"
-            ),
-            episode_length=1000,
-            reward_fn=_hopper_reward,
-            unacceptable_fn=_hopper_unacceptable,
-            env_kwargs={
-                "exclude_current_positions_from_observation": False,
-                "terminate_when_unhealthy": False,
-            },
-            excluded_inputs=("qpos.rootx",),
-        ),
-    ]
-}
-
-
-def get_task(name: str) -> Task:
-    """Look a task up by name, with an error that lists the registered tasks."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}") from None
