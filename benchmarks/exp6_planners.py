@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 
-import hydra.utils
 import matplotlib
 
 matplotlib.use("Agg")
@@ -35,16 +34,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
 import torch
+from omegaconf import OmegaConf
 
 from mbrm.tasks import get_task
-from planners import ImaginedBatch
+from planners import PLANNERS as PLANNER_KINDS
+from planners import ImaginedBatch, make_planner
 
 TASKS = ("reacher_keepout",)
 STEM = "exp6_planners"
-PLANNERS = {  # config name -> expected planner class
-    "cem_fast": "planners.cem.CEMPlanner",
-    "icem_fast": "planners.cem.CEMPlanner",
-    "mcts_fast": "planners.mcts.MCTSPlanner",
+PLANNERS = {  # config name -> expected planner.kind
+    "cem_fast": "cem",
+    "icem_fast": "cem",
+    "mcts_fast": "mcts",
 }
 
 
@@ -69,16 +70,16 @@ def planning_budget(sweep: sw.Sweep, variant: sw.Variant) -> dict[str, int]:
     """Compose the variant, check its planner, and count one step's imagined sequences."""
     cfg = sweep.compose(variant)
     name = planner_name(variant)
-    if cfg.planner._target_ != PLANNERS[name]:
+    if cfg.planner.kind != PLANNERS[name]:
         raise RuntimeError(
-            f"{variant.name}: planner={name} composed to {cfg.planner._target_}, "
+            f"{variant.name}: planner={name} composed to planner.kind={cfg.planner.kind}, "
             f"expected {PLANNERS[name]}: the demo's planner override was not replaced"
         )
     task = get_task(cfg.task.name)
     low, high = task.action_bounds
-    planner = hydra.utils.instantiate(
-        cfg.planner, action_low=low.tolist(), action_high=high.tolist()
-    )
+    settings_type, _ = PLANNER_KINDS[cfg.planner.kind]
+    settings = settings_type(**OmegaConf.to_container(cfg.planner, resolve=True))
+    planner = make_planner(settings, low.tolist(), high.tolist())
     horizon = int(cfg.planner.horizon)
 
     def imagine(state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:

@@ -42,7 +42,7 @@ import torch
 from mbrm.nn import EnsembleMLP, inference_copy, member_mean_std, resolve_dtype
 from mbrm.tasks import CHEETAH_SPEED_LIMIT, get_task
 from mbrm.world_model import WorldModel
-from planners import CEMPlanner, ImaginedBatch, MCTSPlanner
+from planners import CEMSettings, ImaginedBatch, MCTSSettings, make_planner
 
 # Rows per reward-ensemble call. Small chunks keep the [E, rows, hidden] activations
 # in cache: at 2048 rows the reward part ran 2.5x faster than at 65536 on this CPU
@@ -230,19 +230,14 @@ def square_gemm(dtype: torch.dtype, n: int = 2048) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def make_planner(name: str, args: argparse.Namespace, low: np.ndarray, high: np.ndarray):
+def build_planner(name: str, args: argparse.Namespace, low: np.ndarray, high: np.ndarray):
     if name == "mcts":
-        return MCTSPlanner(
-            action_low=low,
-            action_high=high,
-            horizon=args.horizon,
-            simulations=args.pop * args.iters,
-            batch_size=args.pop,
+        settings = MCTSSettings(
+            horizon=args.horizon, simulations=args.pop * args.iters, batch_size=args.pop
         )
+        return make_planner(settings, low, high)
     icem = name == "icem"
-    return CEMPlanner(
-        action_low=low,
-        action_high=high,
+    settings = CEMSettings(
         horizon=args.horizon,
         population=args.pop,
         elites=args.elites,
@@ -252,6 +247,7 @@ def make_planner(name: str, args: argparse.Namespace, low: np.ndarray, high: np.
         add_mean=icem,
         execute_best=icem,
     )
+    return make_planner(settings, low, high)
 
 
 def time_plans(planner, state, imagine, repeats: int) -> tuple[list[float], list[float], object]:
@@ -329,7 +325,7 @@ def main() -> None:
         generator=gen,
     )
     state = torch.zeros(S)
-    planner = make_planner(args.planner, args, low, high)
+    planner = build_planner(args.planner, args, low, high)
     times, cpu_times, result = time_plans(planner, state, imagine, args.repeats)
     peak_rss = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -353,7 +349,7 @@ def main() -> None:
     act_s = activation_time(acts, dt) * result.n_candidates / args.pop
 
     cheap_times, _, _ = time_plans(
-        make_planner(args.planner, args, low, high),
+        build_planner(args.planner, args, low, high),
         state,
         cheap_imagination(args.pop, args.particles, args.horizon, S, A),
         args.repeats,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from planners.settings import PlannerSettings
+
 
 @dataclass(frozen=True)
 class ImaginedBatch:
@@ -67,10 +69,10 @@ class PlanResult:
     plan:          [H, A] chosen action sequence; shifted, it warm-starts the next call
     score:         risk-adjusted return of ``plan`` (NaN only when no candidate had a number)
     risk:          pessimistic p_unacceptable of ``plan`` (max over particles and steps)
-    feasible:      ``plan`` passed the threshold on every step of every particle
+    feasible:      ``plan`` passed ``reject_above`` on every step of every particle
     no_safe_plan:  no evaluated candidate was feasible; ``plan`` is the least risky one
     n_candidates:  action sequences imagined in this call
-    n_rejected:    of those, how many were infeasible (threshold or NaN)
+    n_rejected:    of those, how many were infeasible (above ``reject_above`` or NaN)
     n_nan:         of those, how many had a NaN score or risk
     rejected_by:   constraint name -> rejected candidates that constraint flagged
     n_calls:       calls made to the imagination
@@ -103,14 +105,15 @@ class PlanResult:
 class CandidateScores:
     """Per-candidate verdicts on one ImaginedBatch of N action sequences.
 
-    score:     [N] mean over particles of sum over steps of ``reward_mean - kappa * reward_std``
+    score:     [N] mean over particles of sum over steps of
+               ``reward_mean - risk_aversion * reward_std``
     risk:      [N] max over particles and steps of ``p_unacceptable`` (pessimistic)
     exposure:  [N] mean over particles of sum over steps of ``p_unacceptable``: the
                expected number of unacceptable steps, which orders infeasible candidates
                that tie on ``risk`` (hard constraints give risk exactly 1)
-    feasible:  [N] ``risk <= threshold`` and both numbers are not NaN
+    feasible:  [N] ``risk <= reject_above`` and both numbers are not NaN
     nan:       [N] score or risk is NaN
-    flagged:   constraint name -> [N] bool, that constraint alone exceeded the threshold
+    flagged:   constraint name -> [N] bool, that constraint alone exceeded ``reject_above``
     """
 
     score: torch.Tensor
@@ -121,16 +124,18 @@ class CandidateScores:
     flagged: dict[str, torch.Tensor]
 
 
-def score_candidates(batch: ImaginedBatch, *, kappa: float, threshold: float) -> CandidateScores:
+def score_candidates(
+    batch: ImaginedBatch, *, risk_aversion: float, reject_above: float
+) -> CandidateScores:
     """Risk-adjusted return and rejection verdict of each imagined candidate.
 
     Scoring follows the risk-averse planning of Leike et al. 2018 (Sec. 5.6): the
-    ensemble's disagreement is subtracted ``kappa`` times, so uncertain futures look
+    ensemble's disagreement is subtracted ``risk_aversion`` times, so uncertain futures look
     worse. Feasibility is a rejection rule (Sec. 5.2 side-constraints): one flagged
     step of one particle rejects the whole sequence. Every reduction runs over the
     particle and step axes only, so candidates never influence each other.
     """
-    r = batch.reward_mean.float() - kappa * batch.reward_std.float()  # [N, P, H]
+    r = batch.reward_mean.float() - risk_aversion * batch.reward_std.float()  # [N, P, H]
     score = r.sum(-1).mean(-1)  # [N]
     p = batch.p_unacceptable.float()  # [N, P, H]
     risk = p.amax(dim=(1, 2))  # [N]
@@ -139,8 +144,10 @@ def score_candidates(batch: ImaginedBatch, *, kappa: float, threshold: float) ->
     risk = torch.where(p_nan, torch.full_like(risk, float("nan")), risk)
     exposure = p.sum(-1).mean(-1)  # [N]
     nan = torch.isnan(score) | p_nan
-    feasible = (risk <= threshold) & ~nan
-    flagged = {name: v.float().amax(dim=(1, 2)) > threshold for name, v in batch.violations.items()}
+    feasible = (risk <= reject_above) & ~nan
+    flagged = {
+        name: v.float().amax(dim=(1, 2)) > reject_above for name, v in batch.violations.items()
+    }
     return CandidateScores(score, risk, exposure, feasible, nan, flagged)
 
 
@@ -257,9 +264,6 @@ def action_box(action_low: ArrayLike, action_high: ArrayLike) -> tuple[torch.Ten
     return low, high
 
 
-WARM_START_FILLS = ("repeat", "zero")
-
-
 def warm_start(
     previous_plan: torch.Tensor | None,
     *,
@@ -354,7 +358,8 @@ def finish(
 class Planner(Protocol):
     """What the agent calls: a stateless map from a state to a PlanResult."""
 
-    horizon: int
+    @property
+    def settings(self) -> PlannerSettings: ...
 
     def plan(
         self,

@@ -21,7 +21,6 @@ import torch
 from numpy.typing import ArrayLike
 
 from planners.base import (
-    WARM_START_FILLS,
     Imagination,
     PlanResult,
     RejectionTally,
@@ -36,6 +35,7 @@ from planners.base import (
     score_candidates,
     warm_start,
 )
+from planners.settings import CEMSettings
 
 
 def coloured_noise(
@@ -111,71 +111,27 @@ def _phi(z: torch.Tensor) -> torch.Tensor:
 class CEMPlanner:
     """CEM over action sequences with feasibility-first elites (PETS; iCEM options).
 
-    Defaults are PETS CEM: white noise, no kept elites, a constant population, and
+    Every option is a field of :class:`CEMSettings`; the action box comes from the
+    task at run time. Defaults are PETS CEM: white noise, no kept elites, a constant population, and
     the mean of the final distribution executed (imagined once more so that its
     feasibility is checked, never assumed).
     """
 
     def __init__(
-        self,
-        *,
-        action_low: ArrayLike,
-        action_high: ArrayLike,
-        horizon: int,
-        population: int = 400,
-        elites: int = 40,
-        iterations: int = 5,
-        momentum: float = 0.1,
-        init_std: float = 0.5,
-        kappa: float = 0.0,
-        threshold: float = 0.5,
-        noise_beta: float = 0.0,
-        keep_elites: float = 0.0,
-        population_decay: float = 1.0,
-        add_mean: bool = False,
-        execute_best: bool = False,
-        warm_start_fill: str = "repeat",
-        top_k: int = 4,
+        self, settings: CEMSettings, action_low: ArrayLike, action_high: ArrayLike
     ) -> None:
+        if not isinstance(settings, CEMSettings):
+            raise TypeError(f"CEMPlanner needs CEMSettings, got {type(settings).__name__}")
+        self.settings = settings
         self.low, self.high = action_box(action_low, action_high)
-        checks = {
-            "horizon >= 1": horizon >= 1,
-            "iterations >= 1": iterations >= 1,
-            "1 <= elites": elites >= 1,
-            "population >= 2 * elites": population >= 2 * elites,
-            "0 <= momentum < 1": 0.0 <= momentum < 1.0,
-            "init_std > 0": init_std > 0.0,
-            "kappa is finite": math.isfinite(kappa),
-            "0 <= threshold <= 1": 0.0 <= threshold <= 1.0,
-            "noise_beta >= 0": noise_beta >= 0.0,
-            "0 <= keep_elites <= 1": 0.0 <= keep_elites <= 1.0,
-            "population_decay >= 1": population_decay >= 1.0,
-            "top_k >= 1": top_k >= 1,
-            f"warm_start_fill in {WARM_START_FILLS}": warm_start_fill in WARM_START_FILLS,
-        }
-        failed = [rule for rule, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError(f"CEMPlanner: violated {', '.join(failed)}")
-        self.horizon = int(horizon)
-        self.population = int(population)
-        self.elites = int(elites)
-        self.iterations = int(iterations)
-        self.momentum = float(momentum)
-        self.init_std = float(init_std)
-        self.kappa = float(kappa)
-        self.threshold = float(threshold)
-        self.noise_beta = float(noise_beta)
-        self.n_keep = math.ceil(keep_elites * elites)
-        self.population_decay = float(population_decay)
-        self.add_mean = bool(add_mean)
-        self.execute_best = bool(execute_best)
-        self.warm_start_fill = warm_start_fill
-        self.top_k = int(top_k)
+        # iCEM's xi as a count: the best elites re-imagined in the next iteration.
+        self.n_keep = math.ceil(settings.keep_elites * settings.elites)
 
     def population_size(self, iteration: int) -> int:
         """iCEM Sec. 3.3: N_i = max(N * decay^-i, 2 * elites)."""
-        n = int(self.population * self.population_decay ** (-iteration))
-        return max(n, 2 * self.elites)
+        s = self.settings
+        n = int(s.population * s.population_decay ** (-iteration))
+        return max(n, 2 * s.elites)
 
     def plan(
         self,
@@ -188,47 +144,50 @@ class CEMPlanner:
         """Plan from ``state`` [S]; ``previous_plan`` [H, A] is shifted to warm-start."""
         state = check_state(state)
         check_generator(generator)
-        H, A = self.horizon, self.low.shape[0]
+        s = self.settings
+        H, A = s.horizon, self.low.shape[0]
         mean = warm_start(
-            previous_plan, horizon=H, low=self.low, high=self.high, fill=self.warm_start_fill
+            previous_plan, horizon=H, low=self.low, high=self.high, fill=s.warm_start_fill
         )  # [H, A]
         half_range = (self.high - self.low) / 2.0  # [A]
-        var = (self.init_std * half_range).square().expand(H, A).clone()  # [H, A]
+        var = (s.init_std * half_range).square().expand(H, A).clone()  # [H, A]
         kept = mean.new_empty(0, H, A)  # elites carried into the next iteration
         top: TopK | None = None
         tally = RejectionTally()
         history: list[float] = []
 
-        for i in range(self.iterations):
+        for i in range(s.iterations):
             # Sample: fresh sequences plus the ones iCEM re-imagines (kept elites,
             # the shifted previous solution first, the mean last).
             extra = [kept]
             if i == 0 and self.n_keep > 0 and previous_plan is not None:
                 extra.append(mean[None])
-            if self.add_mean and i == self.iterations - 1:
+            if s.add_mean and i == s.iterations - 1:
                 extra.append(mean[None])
             extra_actions = torch.cat(extra)  # [n_extra, H, A]
             n_new = max(self.population_size(i) - extra_actions.shape[0], 1)
-            noise = coloured_noise(n_new, H, A, self.noise_beta, generator)  # [n_new, H, A]
+            noise = coloured_noise(n_new, H, A, s.noise_beta, generator)  # [n_new, H, A]
             fresh = truncated_normal(mean, var.sqrt(), self.low, self.high, noise)
             actions = torch.cat([fresh, extra_actions])  # [N_i, H, A]
 
             # Score: risk-adjusted return and feasibility of every candidate.
             batch = imagine(imagination, state, actions)
-            scores = score_candidates(batch, kappa=self.kappa, threshold=self.threshold)
+            scores = score_candidates(
+                batch, risk_aversion=s.risk_aversion, reject_above=s.reject_above
+            )
             tally.add(scores)
-            top = merge_top(top, batch, actions, scores, self.top_k)
+            top = merge_top(top, batch, actions, scores, s.top_k)
             history.append(top.best_score())
 
             # Elites: feasible candidates only; the least risky while none is feasible.
             order = rank(scores.score, scores.risk, scores.exposure, scores.feasible)
             n_feasible = int(scores.feasible.sum())
-            n_elites = min(self.elites, n_feasible) if n_feasible > 0 else self.elites
+            n_elites = min(s.elites, n_feasible) if n_feasible > 0 else s.elites
             elite = actions[order[:n_elites]]  # [K, H, A]
             kept = elite[: self.n_keep]
 
             # Refit the Gaussian with momentum (PETS App. A: alpha on mean and variance).
-            m = self.momentum
+            m = s.momentum
             mean = m * mean + (1.0 - m) * elite.mean(0)
             if elite.shape[0] >= 2:
                 # One feasible elite has zero spread: refitting to it would collapse the
@@ -236,12 +195,14 @@ class CEMPlanner:
                 var = m * var + (1.0 - m) * elite.var(0, unbiased=False)
 
         assert top is not None  # iterations >= 1
-        if not self.execute_best:
+        if not s.execute_best:
             # PETS executes the final mean; imagine it so feasibility is known.
             mean_batch = imagine(imagination, state, mean[None])
-            mean_scores = score_candidates(mean_batch, kappa=self.kappa, threshold=self.threshold)
+            mean_scores = score_candidates(
+                mean_batch, risk_aversion=s.risk_aversion, reject_above=s.reject_above
+            )
             tally.add(mean_scores)
-            top = merge_top(top, mean_batch, mean[None], mean_scores, self.top_k)
+            top = merge_top(top, mean_batch, mean[None], mean_scores, s.top_k)
             if bool(mean_scores.feasible[0]):
                 return finish(
                     plan=mean.clone(),

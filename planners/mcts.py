@@ -37,7 +37,6 @@ import torch
 from numpy.typing import ArrayLike
 
 from planners.base import (
-    WARM_START_FILLS,
     Imagination,
     PlanResult,
     RejectionTally,
@@ -51,9 +50,7 @@ from planners.base import (
     score_candidates,
     warm_start,
 )
-
-SELECTIONS = ("puct", "uct")
-RECOMMENDATIONS = ("best", "visits")
+from planners.settings import MCTSSettings
 
 
 @dataclass
@@ -113,65 +110,19 @@ class Tree:
 
 
 class MCTSPlanner:
-    """Batched continuous-action MCTS with pruning of unacceptable children."""
+    """Batched continuous-action MCTS with pruning of unacceptable children.
+
+    Every option is a field of :class:`MCTSSettings`; the action box comes from the
+    task at run time.
+    """
 
     def __init__(
-        self,
-        *,
-        action_low: ArrayLike,
-        action_high: ArrayLike,
-        horizon: int,
-        simulations: int = 2000,
-        batch_size: int = 400,
-        widening_k: float = 2.0,
-        widening_alpha: float = 0.5,
-        max_children: int = 16,
-        selection: str = "puct",
-        exploration: float = 1.25,
-        proposal_std: float = 0.6,
-        uniform_fraction: float = 0.2,
-        kappa: float = 0.0,
-        threshold: float = 0.5,
-        recommend: str = "best",
-        warm_start_fill: str = "repeat",
-        top_k: int = 4,
+        self, settings: MCTSSettings, action_low: ArrayLike, action_high: ArrayLike
     ) -> None:
+        if not isinstance(settings, MCTSSettings):
+            raise TypeError(f"MCTSPlanner needs MCTSSettings, got {type(settings).__name__}")
+        self.settings = settings
         self.low, self.high = action_box(action_low, action_high)
-        checks = {
-            "horizon >= 1": horizon >= 1,
-            "simulations >= 1": simulations >= 1,
-            "batch_size >= 1": batch_size >= 1,
-            "widening_k > 0": widening_k > 0.0,
-            "0 < widening_alpha < 1": 0.0 < widening_alpha < 1.0,
-            "max_children >= 1": max_children >= 1,
-            f"selection in {SELECTIONS}": selection in SELECTIONS,
-            "exploration >= 0": exploration >= 0.0,
-            "proposal_std > 0": proposal_std > 0.0,
-            "0 <= uniform_fraction <= 1": 0.0 <= uniform_fraction <= 1.0,
-            "kappa is finite": math.isfinite(kappa),
-            "0 <= threshold <= 1": 0.0 <= threshold <= 1.0,
-            f"warm_start_fill in {WARM_START_FILLS}": warm_start_fill in WARM_START_FILLS,
-            "top_k >= 1": top_k >= 1,
-            f"recommend in {RECOMMENDATIONS}": recommend in RECOMMENDATIONS,
-        }
-        failed = [rule for rule, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError(f"MCTSPlanner: violated {', '.join(failed)}")
-        self.horizon = int(horizon)
-        self.simulations = int(simulations)
-        self.batch_size = int(batch_size)
-        self.widening_k = float(widening_k)
-        self.widening_alpha = float(widening_alpha)
-        self.max_children = int(max_children)
-        self.selection = selection
-        self.exploration = float(exploration)
-        self.proposal_std = float(proposal_std)
-        self.uniform_fraction = float(uniform_fraction)
-        self.kappa = float(kappa)
-        self.threshold = float(threshold)
-        self.recommend = recommend
-        self.warm_start_fill = warm_start_fill
-        self.top_k = int(top_k)
         self._low = self.low.numpy()
         self._high = self.high.numpy()
 
@@ -186,22 +137,23 @@ class MCTSPlanner:
         """Search from ``state`` [S]; ``previous_plan`` [H, A] is shifted to warm-start."""
         state = check_state(state)
         check_generator(generator)
-        H, A = self.horizon, self.low.shape[0]
+        s = self.settings
+        H, A = s.horizon, self.low.shape[0]
         base = warm_start(
-            previous_plan, horizon=H, low=self.low, high=self.high, fill=self.warm_start_fill
+            previous_plan, horizon=H, low=self.low, high=self.high, fill=s.warm_start_fill
         ).numpy()  # [H, A] proposal centre per depth and the rollout policy
 
         # Allocate the tree: each simulation adds at most one node.
-        tree = Tree.allocate(1 + self.simulations, self.max_children, A)
+        tree = Tree.allocate(1 + s.simulations, s.max_children, A)
         top: TopK | None = None
         tally = RejectionTally()
         history: list[float] = []
 
         done = 0
-        while done < self.simulations:
+        while done < s.simulations:
             # Simulate: select leaves one after another under virtual loss, expanding
             # one new child per simulation, so the whole batch is imagined at once.
-            B = min(self.batch_size, self.simulations - done)
+            B = min(s.batch_size, s.simulations - done)
             draws = self._draws(B, generator)
             paths: list[np.ndarray] = []
             for b in range(B):
@@ -219,16 +171,18 @@ class MCTSPlanner:
                 actions[b, : len(path) - 1] = tree.action[path[1:]]
             actions_t = torch.from_numpy(actions)
             batch = imagine(imagination, state, actions_t)
-            scores = score_candidates(batch, kappa=self.kappa, threshold=self.threshold)
+            scores = score_candidates(
+                batch, risk_aversion=s.risk_aversion, reject_above=s.reject_above
+            )
             tally.add(scores)
-            top = merge_top(top, batch, actions_t, scores, self.top_k)
+            top = merge_top(top, batch, actions_t, scores, s.top_k)
             history.append(top.best_score())
             # Chance outcomes (particles) are averaged per edge; one flagged particle
             # or a NaN makes the edge unacceptable.
-            r = batch.reward_mean.float() - self.kappa * batch.reward_std.float()  # [B, P, H]
+            r = batch.reward_mean.float() - s.risk_aversion * batch.reward_std.float()  # [B, P, H]
             p = batch.p_unacceptable.float()  # [B, P, H]
             step_value = r.mean(1)  # [B, H]
-            step_bad = (p > self.threshold).any(1) | p.isnan().any(1) | step_value.isnan()
+            step_bad = (p > s.reject_above).any(1) | p.isnan().any(1) | step_value.isnan()
 
             # Back up.
             self._backup(
@@ -261,13 +215,13 @@ class MCTSPlanner:
     ) -> np.ndarray | None:
         """Path of node ids from the root to a new (or full-depth) leaf, or None."""
         node, path = 0, [0]
-        while tree.depth[node] < self.horizon:
+        while tree.depth[node] < self.settings.horizon:
             if self._may_widen(tree, node):
                 action = self._propose(tree, node, base, draws, b)
                 path.append(tree.add_child(node, action))
                 break
             child = self._best_child(tree, node)
-            if child < 0 and tree.n_children[node] < self.max_children:
+            if child < 0 and tree.n_children[node] < self.settings.max_children:
                 # Every child so far is unacceptable, but the node may hold more: widen
                 # now rather than give up a node that still has room.
                 action = self._propose(tree, node, base, draws, b)
@@ -286,8 +240,9 @@ class MCTSPlanner:
 
     def _may_widen(self, tree: Tree, node: int) -> bool:
         n = tree.visits[node] + tree.pending[node] + 1
-        allowed = math.ceil(self.widening_k * n**self.widening_alpha)
-        return tree.n_children[node] < min(allowed, self.max_children)
+        s = self.settings
+        allowed = math.ceil(s.widening_k * n**s.widening_alpha)
+        return tree.n_children[node] < min(allowed, s.max_children)
 
     def _propose(
         self, tree: Tree, node: int, base: np.ndarray, draws: dict[str, np.ndarray], b: int
@@ -296,10 +251,10 @@ class MCTSPlanner:
         centre = base[tree.depth[node]]  # [A]
         if tree.n_children[node] == 0:
             return centre
-        if draws["pick"][b] < self.uniform_fraction:
+        if draws["pick"][b] < self.settings.uniform_fraction:
             return self._low + draws["uniform"][b] * (self._high - self._low)
         half = (self._high - self._low) / 2.0
-        step = self.proposal_std * half * draws["normal"][b]
+        step = self.settings.proposal_std * half * draws["normal"][b]
         return np.clip(centre + step, self._low, self._high)
 
     def _best_child(self, tree: Tree, node: int) -> int:
@@ -310,11 +265,12 @@ class MCTSPlanner:
         n_kid = tree.visits[kids] + tree.pending[kids]  # >= 1: created in flight
         n_parent = tree.visits[node] + tree.pending[node]
         q = tree.normalised_q(kids)
-        if self.selection == "puct":
+        c = self.settings.exploration
+        if self.settings.selection == "puct":
             # Sampled actions carry the uniform prior 1 / K (Hubert et al. 2021, Sec. 4).
-            u = self.exploration / kids.size * math.sqrt(max(n_parent, 1)) / (1.0 + n_kid)
+            u = c / kids.size * math.sqrt(max(n_parent, 1)) / (1.0 + n_kid)
         else:
-            u = self.exploration * np.sqrt(math.log(max(n_parent, 1)) / np.maximum(n_kid, 1))
+            u = c * np.sqrt(math.log(max(n_parent, 1)) / np.maximum(n_kid, 1))
         return int(kids[np.argmax(q + u)])
 
     # -- back up -------------------------------------------------------------------
@@ -367,7 +323,7 @@ class MCTSPlanner:
         else the best candidate is.
         """
         node, prefix = 0, []
-        while self.recommend == "visits":
+        while self.settings.recommend == "visits":
             kids = tree.children[node, : tree.n_children[node]]
             kids = kids[~tree.pruned[kids] & (tree.value_count[kids] > 0)]
             if kids.size == 0:

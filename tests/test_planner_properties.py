@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
-import hydra.utils
 import numpy as np
 import pytest
 import torch
@@ -13,10 +14,14 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from planners import (
+    PLANNERS,
     CEMPlanner,
+    CEMSettings,
     ImaginedBatch,
     MCTSPlanner,
+    MCTSSettings,
     coloured_noise,
+    make_planner,
     rank,
     score_candidates,
     truncated_normal,
@@ -61,9 +66,7 @@ def test_cem_best_score_never_decreases_and_actions_stay_in_bounds(
     # Targets partly outside the box, so the optimum sits on its boundary.
     target = (torch.rand(horizon, action_dim, generator=gen) - 0.5) * 8.0
     seen: list[torch.Tensor] = []
-    planner = CEMPlanner(
-        action_low=low,
-        action_high=high,
+    settings = CEMSettings(
         horizon=horizon,
         population=40,
         elites=5,
@@ -74,6 +77,7 @@ def test_cem_best_score_never_decreases_and_actions_stay_in_bounds(
         add_mean=add_mean,
         execute_best=execute_best,
     )
+    planner = CEMPlanner(settings, low, high)
     result = planner.plan(torch.zeros(1), recording_quadratic(target, seen, cap), generator=gen)
     lo, hi = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
     for actions in [*seen, result.plan[None], result.top_actions]:
@@ -100,7 +104,7 @@ def test_scoring_is_per_candidate() -> None:
         p_unacceptable=torch.rand(N, P, H, generator=gen) * 0.6,
         violations={"c": torch.rand(N, P, H, generator=gen) * 0.6},
     )
-    whole = score_candidates(batch, kappa=0.7, threshold=0.5)
+    whole = score_candidates(batch, risk_aversion=0.7, reject_above=0.5)
     for i in range(N):
         one = score_candidates(
             ImaginedBatch(
@@ -110,8 +114,8 @@ def test_scoring_is_per_candidate() -> None:
                 batch.p_unacceptable[i : i + 1],
                 {"c": batch.violations["c"][i : i + 1]},
             ),
-            kappa=0.7,
-            threshold=0.5,
+            risk_aversion=0.7,
+            reject_above=0.5,
         )
         assert torch.allclose(one.score, whole.score[i : i + 1])
         assert torch.equal(one.feasible, whole.feasible[i : i + 1])
@@ -125,8 +129,8 @@ def test_scoring_is_per_candidate() -> None:
     poisoned_p[5, 0, 0] = float("nan")
     bad = score_candidates(
         ImaginedBatch(batch.states, poisoned_r, batch.reward_std, poisoned_p),
-        kappa=0.7,
-        threshold=0.5,
+        risk_aversion=0.7,
+        reject_above=0.5,
     )
     keep = torch.tensor([i not in (2, 5) for i in range(N)])
     assert torch.equal(bad.score[keep], whole.score[keep])
@@ -162,10 +166,10 @@ def test_plans_do_not_depend_on_how_the_batch_is_imagined(kind: str) -> None:
 
     make = {
         "cem": lambda: CEMPlanner(
-            action_low=[-1, -1], action_high=[1, 1], horizon=3, population=30, elites=4
+            CEMSettings(horizon=3, population=30, elites=4), [-1, -1], [1, 1]
         ),
         "mcts": lambda: MCTSPlanner(
-            action_low=[-1, -1], action_high=[1, 1], horizon=3, simulations=60, batch_size=20
+            MCTSSettings(horizon=3, simulations=60, batch_size=20), [-1, -1], [1, 1]
         ),
     }[kind]
     a = make().plan(
@@ -203,14 +207,92 @@ def test_truncated_normal_stays_in_the_box_and_matches_the_gaussian_inside() -> 
     assert 0.04 < float(x[:, 0, 1].mean()) < 0.06
 
 
+def composed(name: str) -> dict:
+    """A planner config with its defaults list applied (``_self_`` last), as Hydra composes it."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+    merged: dict = {}
+    for entry in cfg.pop("defaults", ["_self_"]):
+        merged |= cfg if entry == "_self_" else composed(entry)
+    return merged
+
+
 @pytest.mark.parametrize("name", ["cem", "icem", "mcts"])
-def test_configs_instantiate_and_document_every_key(name: str) -> None:
+def test_configs_document_every_setting(name: str) -> None:
+    """Each base config comments every key and sets exactly the fields of its settings class."""
     path = CONFIGS / f"{name}.yaml"
     lines = path.read_text().splitlines()
     for i, line in enumerate(lines):
         if line and not line.startswith("#"):
             assert i > 0 and lines[i - 1].startswith("# "), f"{path.name}: {line!r} lacks a comment"
-    cfg = OmegaConf.load(path)
-    planner = hydra.utils.instantiate(cfg, action_low=[-1.0, -1.0], action_high=[1.0, 1.0])
-    assert isinstance(planner, MCTSPlanner if name == "mcts" else CEMPlanner)
-    assert planner.horizon == cfg.horizon
+    cfg = composed(name)
+    fields = {f.name for f in dataclasses.fields(PLANNERS[cfg["kind"]][0])}
+    assert set(cfg) == fields, f"{path.name}: {set(cfg) ^ fields}"
+
+
+@pytest.mark.parametrize("name", ["cem", "icem", "mcts", "cem_fast", "icem_fast", "mcts_fast"])
+def test_configs_build_their_planner(name: str) -> None:
+    """Plain keyword arguments and the structured-config schema give the same settings."""
+    cfg = composed(name)
+    settings_type, planner_type = PLANNERS[cfg["kind"]]
+    settings = settings_type(**cfg)
+    schema = OmegaConf.merge(OmegaConf.structured(settings_type), cfg)
+    assert OmegaConf.to_object(schema) == settings
+    planner = make_planner(settings, [-1.0, -1.0], [1.0, 1.0])
+    assert isinstance(planner, planner_type)
+    assert planner.settings.horizon == cfg["horizon"]
+
+
+@pytest.mark.parametrize(
+    "settings_type, kw, text",
+    [
+        (CEMSettings, {"population": 0}, "planner.population must be an integer >= 2 * planner.elites = 80, got 0"),
+        (CEMSettings, {"elites": 0}, "planner.elites must be an integer >= 1, got 0"),
+        (CEMSettings, {"horizon": 2.5}, "planner.horizon must be an integer >= 1, got 2.5"),
+        (CEMSettings, {"iterations": True}, "planner.iterations must be an integer >= 1, got True"),
+        (CEMSettings, {"momentum": 1.0}, "planner.momentum must be a number in [0, 1), got 1.0"),
+        (CEMSettings, {"init_std": 0.0}, "planner.init_std must be a number > 0, got 0.0"),
+        (CEMSettings, {"risk_aversion": float("nan")}, "planner.risk_aversion must be a finite number"),
+        (CEMSettings, {"reject_above": 1.5}, "planner.reject_above must be a number in [0, 1], got 1.5"),
+        (CEMSettings, {"noise_beta": -1.0}, "planner.noise_beta must be a number >= 0, got -1.0"),
+        (CEMSettings, {"keep_elites": 2}, "planner.keep_elites must be a number in [0, 1], got 2"),
+        (CEMSettings, {"population_decay": 0.5}, "planner.population_decay must be a number >= 1"),
+        (CEMSettings, {"add_mean": "yes"}, "planner.add_mean must be true or false, got 'yes'"),
+        (CEMSettings, {"execute_best": 1}, "planner.execute_best must be true or false, got 1"),
+        (CEMSettings, {"warm_start_fill": "last"}, "planner.warm_start_fill must be one of repeat, zero, got 'last'"),
+        (CEMSettings, {"top_k": 0}, "planner.top_k must be an integer >= 1, got 0"),
+        (CEMSettings, {"kind": "mcts"}, "planner.kind must be cem for CEMSettings, got 'mcts'"),
+        (CEMSettings, {"kind": "icem"}, "planner.kind must be one of cem, mcts, got 'icem'"),
+        (MCTSSettings, {"simulations": 0}, "planner.simulations must be an integer >= 1, got 0"),
+        (MCTSSettings, {"batch_size": -3}, "planner.batch_size must be an integer >= 1, got -3"),
+        (MCTSSettings, {"widening_k": 0.0}, "planner.widening_k must be a number > 0, got 0.0"),
+        (MCTSSettings, {"widening_alpha": 1.0}, "planner.widening_alpha must be a number in (0, 1), got 1.0"),
+        (MCTSSettings, {"max_children": 0}, "planner.max_children must be an integer >= 1, got 0"),
+        (MCTSSettings, {"selection": "ucb"}, "planner.selection must be one of puct, uct, got 'ucb'"),
+        (MCTSSettings, {"exploration": -0.1}, "planner.exploration must be a number >= 0, got -0.1"),
+        (MCTSSettings, {"proposal_std": float("inf")}, "planner.proposal_std must be a number > 0, got inf"),
+        (MCTSSettings, {"uniform_fraction": -0.5}, "planner.uniform_fraction must be a number in [0, 1]"),
+        (MCTSSettings, {"recommend": "mean"}, "planner.recommend must be one of best, visits, got 'mean'"),
+        (MCTSSettings, {"kind": "cem"}, "planner.kind must be mcts for MCTSSettings, got 'cem'"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_refused_with_the_key_named(settings_type, kw, text) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(text)}"):
+        settings_type(**({"horizon": 5} | kw))
+
+
+def test_settings_are_frozen_plain_and_checked_by_the_planner() -> None:
+    settings = CEMSettings(horizon=5, momentum=0, risk_aversion=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.population = 10  # type: ignore[misc]
+    # Integers given for float fields are stored as floats: the numbers a planner reads
+    # do not depend on how a config spells them.
+    assert type(settings.momentum) is float and type(settings.risk_aversion) is float
+    assert dataclasses.replace(settings, population=100).population == 100
+    with pytest.raises(ValueError, match=r"planner\.population must be an integer >= 2"):
+        dataclasses.replace(settings, population=10)
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'horizon'"):
+        CEMSettings()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="MCTSPlanner needs MCTSSettings, got CEMSettings"):
+        MCTSPlanner(settings, [-1.0], [1.0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="make_planner needs planner settings, got dict"):
+        make_planner({"kind": "cem", "horizon": 5}, [-1.0], [1.0])  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy.optimize import lsq_linear
 
-from planners import CEMPlanner, ImaginedBatch, MCTSPlanner
+from planners import CEMSettings, ImaginedBatch, MCTSSettings
+from planners import make_planner as build_planner
 
 DT = 0.2
 
@@ -21,7 +22,7 @@ def make_planner(kind: str, low, high, horizon: int, **kw):
     """Small budgets: 500 imagined sequences per call for every planner."""
     if kind == "cem":
         args = dict(population=100, elites=10, iterations=5)
-        return CEMPlanner(action_low=low, action_high=high, horizon=horizon, **(args | kw))
+        return build_planner(CEMSettings(horizon=horizon, **(args | kw)), low, high)
     if kind == "icem":
         args = dict(
             population=150,
@@ -33,9 +34,9 @@ def make_planner(kind: str, low, high, horizon: int, **kw):
             add_mean=True,
             execute_best=True,
         )
-        return CEMPlanner(action_low=low, action_high=high, horizon=horizon, **(args | kw))
+        return build_planner(CEMSettings(horizon=horizon, **(args | kw)), low, high)
     args = dict(simulations=500, batch_size=50)
-    return MCTSPlanner(action_low=low, action_high=high, horizon=horizon, **(args | kw))
+    return build_planner(MCTSSettings(horizon=horizon, **(args | kw)), low, high)
 
 
 PLANNERS = ["cem", "icem", "mcts"]
@@ -343,7 +344,7 @@ def noisy_imagination(seed: int, particles: int = 3):
 def test_same_seed_same_plan(kind: str) -> None:
     results = []
     for _ in range(2):
-        planner = make_planner(kind, [-1.0, -1.0], [1.0, 1.0], 6, kappa=0.5)
+        planner = make_planner(kind, [-1.0, -1.0], [1.0, 1.0], 6, risk_aversion=0.5)
         gen = torch.Generator().manual_seed(7)
         first = planner.plan(torch.zeros(2), noisy_imagination(3), generator=gen)
         second = planner.plan(
@@ -353,7 +354,7 @@ def test_same_seed_same_plan(kind: str) -> None:
     for a, b in zip(results[0], results[1], strict=True):
         assert torch.equal(a.plan, b.plan) and torch.equal(a.top_states, b.top_states)
         assert a.score == b.score and a.history == b.history
-    other = make_planner(kind, [-1.0, -1.0], [1.0, 1.0], 6, kappa=0.5).plan(
+    other = make_planner(kind, [-1.0, -1.0], [1.0, 1.0], 6, risk_aversion=0.5).plan(
         torch.zeros(2), noisy_imagination(3), generator=torch.Generator().manual_seed(8)
     )
     assert not torch.equal(other.plan, results[0][0].plan)
@@ -415,7 +416,7 @@ def test_bad_input_is_named(kind: str) -> None:
         planner.plan(torch.zeros(1), wrong, generator=torch.Generator())
     with pytest.raises(ValueError, match="action_low must be below"):
         make_planner(kind, [1.0], [-1.0], 3)
-    with pytest.raises(ValueError, match="horizon >= 1"):
+    with pytest.raises(ValueError, match=r"planner\.horizon must be an integer >= 1, got 0$"):
         make_planner(kind, [-1.0], [1.0], 0)
 
 
@@ -423,13 +424,10 @@ def test_mcts_most_visited_path_beats_the_warm_start() -> None:
     """recommend="visits": the most visited prefix, completed by the warm start, is returned."""
     target = torch.tensor([[0.6, -0.6], [0.5, 0.2], [-0.4, 0.4]])
     imagine = imagination_from(lambda s, a: s, quadratic_reward(target))
-    planner = MCTSPlanner(
-        action_low=[-1, -1],
-        action_high=[1, 1],
-        horizon=3,
-        simulations=600,
-        batch_size=50,
-        recommend="visits",
+    planner = build_planner(
+        MCTSSettings(horizon=3, simulations=600, batch_size=50, recommend="visits"),
+        [-1, -1],
+        [1, 1],
     )
     result = planner.plan(torch.zeros(1), imagine, generator=torch.Generator().manual_seed(0))
     zero_plan_score = -float(target.square().sum())  # -1.33

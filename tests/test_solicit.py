@@ -13,7 +13,7 @@ from mbrm.feedback.teachers import UnacceptableTeacher
 from mbrm.imagination import ModelImagination
 from mbrm.solicit import SolicitSettings, novelty_reference, solicit_round, synthesise
 from mbrm.tasks import get_task
-from planners.cem import CEMPlanner
+from planners import CEMSettings, make_planner
 
 
 def test_synthesis_counts_split_evenly_in_order():
@@ -66,8 +66,8 @@ def test_novelty_synthesis_steers_away_from_judged_states(rng, torch_gen):
     judged = np.stack([xs.ravel(), ys.ravel()], 1)
     features = torch.nn.Identity()
     reference = novelty_reference(judged, features, rng=rng)
-    planner = CEMPlanner(
-        action_low=[-1.0, -1.0], action_high=[1.0, 1.0], horizon=6, population=200, elites=20
+    planner = make_planner(
+        CEMSettings(horizon=6, population=200, elites=20), [-1.0, -1.0], [1.0, 1.0]
     )
     imagination = ModelImagination(Integrator(), no_reward, None, 2, torch_gen, "tsinf")
     segs = synthesise(
@@ -103,7 +103,7 @@ def test_novelty_reference_subsamples_and_scales(rng):
 
 def test_synthesis_objectives_say_what_they_need(torch_gen):
     imagination = ModelImagination(Integrator(), no_reward, None, 2, torch_gen, "tsinf")
-    planner = CEMPlanner(action_low=[-1.0, -1.0], action_high=[1.0, 1.0], horizon=3)
+    planner = make_planner(CEMSettings(horizon=3), [-1.0, -1.0], [1.0, 1.0])
     common = dict(classifier=None, realism=1.0, length=3, generator=torch_gen)
     with pytest.raises(ValueError, match="needs a fitted reward model"):
         synthesise(planner, imagination, np.zeros((1, 2)), objective="min_reward",
