@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mbrm.feedback import errors, records, rows, schema
+from mbrm.feedback import store as store_module
 from mbrm.feedback.segments import (
     FeedbackKind,
     Labeller,
@@ -605,3 +607,26 @@ def test_label_with_marks_is_all_or_nothing(tmp_path: Path, rng: np.random.Gener
     assert store.get_label(q).id == label_id and len(marks) == 2
     assert store.count_labels(loop_round=3) == 3  # the answer and both marks, in its round
     assert store.get_label(marks[0]).value.first_step == 1
+
+
+def test_store_reexports_the_objects_of_the_modules_that_define_them() -> None:
+    for name in store_module.__all__:
+        home = next(m for m in (errors, records, schema, store_module) if name in vars(m))
+        assert getattr(store_module, name) is getattr(home, name), name
+
+
+def test_row_writes_commit_only_with_their_callers_transaction(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    path = tmp_path / "f.sqlite"
+    FeedbackStore(path).close()
+    before = dump(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(RuntimeError), schema.write_transaction(conn) as c:
+            seg = rows.insert_segment(c, make_segment(rng), created_at=1.0)
+            assert rows.fetch_segment(c, seg).states.shape == (6, S)
+            raise RuntimeError  # a later step of the same write fails
+    finally:
+        conn.close()
+    assert dump(path) == before
