@@ -1,196 +1,231 @@
 """The ``mbrm`` command line.
 
 mbrm train [key=value ...]      a training run (Hydra; -m for sweeps)
-mbrm train resume=RUN_DIR       continue an interrupted run in RUN_DIR
+mbrm train resume=RUN_DIR       continue an interrupted run with its own config
+                                (experiment.iterations=N extends it; progress, threads)
 mbrm eval RUN_DIR               evaluate a run's final agent again
 mbrm report RUN_DIR             write RUN_DIR/report.md with plots
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
 mbrm options                    every configuration option with its one-line help
 mbrm label RUN_DIR              label RUN_DIR's queued queries in the browser
+
+A refused setting or input prints one line and exits with status 2; add --debug
+(anywhere) or set HYDRA_FULL_ERROR=1 to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 USAGE = __doc__
+DEMO = ["experiment=demo", "world_model=small", "planner=cem_fast"]
+# What `resume=RUN` may change: the rest of the run is its saved config.
+RESUME_KEYS = ("resume", "progress", "threads", "experiment.iterations")
+
+# Hydra flags followed by a value as a separate argument.
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
 
 
-def build_loop(cfg: Any, run_dir: Path):
-    """Plain objects from the composed config (constructors never see a DictConfig)."""
-    import hydra.utils
-    import torch
-    from omegaconf import OmegaConf
+class UsageError(ValueError):
+    """A command line that cannot be carried out (the message says why)."""
 
-    from constraints.classifier import ConstraintClassifier
-    from mbrm.feedback.teachers import PreferenceTeacher, UnacceptableTeacher
-    from mbrm.loop import Loop, LoopSettings
-    from mbrm.reward_model import RewardEnsemble
-    from mbrm.solicit import SolicitSettings
-    from mbrm.tasks import get_task
-    from mbrm.world_model import WorldModel
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    if c.get("threads"):
-        torch.set_num_threads(int(c["threads"]))
-    task = get_task(c["task"]["name"])
-    S, A = task.state_dim, task.action_dim
-    masks = {"input_mask": task.layout.input_mask, "periodic_mask": task.layout.periodic_mask}
-    seed = int(c["seed"])
-    world_model = WorldModel(S, A, seed=seed, **masks, **c["world_model"])
-    rm_cfg = dict(c["reward_model"])
-    kind = rm_cfg.pop("kind")
-    if kind not in ("ensemble", "oracle"):
-        raise ValueError(f"reward_model.kind must be 'ensemble' or 'oracle', got {kind!r}")
-    # the reward model and classifier also read the task's derived features (kinematics)
-    derived = task.layout.derived
-    reward_model = (
-        RewardEnsemble(S, A, seed=seed, derived=derived, **masks, **rm_cfg)
-        if kind == "ensemble"
-        else None
-    )
-    cons = dict(c["constraints"])
-    oracle_constraints = bool(cons.pop("oracle", False))
-    learned = _learned_entries(cons.get("entries") or {})
-    classifier = (
-        None
-        if oracle_constraints
-        else ConstraintClassifier(
-            S,
-            seed=seed,
-            input_mask=_classifier_mask(task, _learned_field(learned, "inputs")),
-            periodic_mask=task.layout.periodic_mask,
-            derived=derived,
-            **c["classifier"],
-        )
-    )
-    low, high = task.action_bounds
-    planner = hydra.utils.instantiate(
-        cfg.planner, action_low=low.tolist(), action_high=high.tolist()
-    )
-    if learned and float(c["planner"].get("threshold", 0.5)) != 0.5:
-        raise ValueError(
-            f"planner.threshold={c['planner']['threshold']}: with a learned constraint entry the "
-            "planner's threshold must stay 0.5, where the set maps the calibrated threshold; "
-            "change the entry's alpha or threshold instead"
-        )
-    fb = dict(c["feedback"])
-    mode = fb.pop("mode", "synthetic")
-    if mode not in ("synthetic", "human"):
-        raise ValueError(f"feedback.mode must be 'synthetic' or 'human', got {mode!r}")
-    if mode == "synthetic":
-        fb.pop("_target_", None)
-        fb.pop("seed", None)  # the run's seed drives every generator
-        pref_teacher = PreferenceTeacher(task, seed=seed, **fb)
-        unacc_teacher = UnacceptableTeacher(task, seed=seed + 1, **c["unacceptable_teacher"])
-    else:
-        pref_teacher = unacc_teacher = None
-    exp = dict(c["experiment"])
-    alpha = _learned_field(learned, "alpha")
-    if alpha is not None:
-        exp["alpha"] = float(alpha)  # the constraint's own alpha calibrates its classifier
-    solicit = SolicitSettings(**exp.pop("solicit"))
-    settings = LoopSettings(**exp, episode_length=c["task"].get("episode_length"), solicit=solicit)
-    return Loop(
-        run_dir=run_dir,
-        task=task,
-        seed=seed,
-        world_model=world_model,
-        planner=planner,
-        constraint_entries=cons.get("entries", {}),
-        reward_model=reward_model,
-        classifier=classifier,
-        oracle_constraints=oracle_constraints,
-        preference_teacher=pref_teacher,
-        unacceptable_teacher=unacc_teacher,
-        settings=settings,
-        qp_filter=dict(c["qp_filter"]["options"]) if c["qp_filter"]["enabled"] else None,
-        progress=bool(c["progress"]),
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, not a bug: one line, exit status 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mbrm.feedback.errors import FeedbackStoreError
+
+    return (
+        ValueError,
+        OSError,
+        LookupError,
+        FeedbackStoreError,
+        HydraException,
+        OmegaConfBaseException,
     )
 
 
-def _learned_entries(entries: Any) -> dict[str, dict[str, Any]]:
-    """The constraint entries of kind ``learned``, by name."""
-    rows = entries.items() if isinstance(entries, dict) else enumerate(entries)
-    return {
-        str(e.get("name", key)): e
-        for key, e in rows
-        if isinstance(e, dict) and e.get("kind") == "learned"
-    }
+def _one_line(e: BaseException) -> str:
+    """The first line of an error, with the first line of its cause when that adds to it."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip():
+        extra = str(cause).strip().splitlines()[0]
+        if extra not in first:
+            first = f"{first} ({extra})"
+    return first
 
 
-def _learned_field(learned: dict[str, dict[str, Any]], key: str) -> Any:
-    """The value of ``key`` (``alpha``, ``inputs``) the learned constraint entries give,
-    or None when none gives one.
-
-    One classifier serves every learned entry: it is built for one set of inputs and
-    calibrated once per round for one alpha, so learned entries that ask for different
-    values cannot all be honoured; that is a configuration error.
-    """
-    values = {name: e[key] for name, e in learned.items() if e.get(key) is not None}
-    if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
-        fix = {
-            "alpha": "give them the same alpha or a fixed `threshold`",
-            "inputs": "give them the same inputs",
-        }.get(key, f"give them the same {key}")
-        raise ValueError(
-            f"learned constraint entries ask for different {key} {values}: one classifier "
-            f"serves them all; {fix}"
-        )
-    return next(iter(values.values())) if values else None
+def _debug() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def _classifier_mask(task: Any, inputs: Any) -> Any:
-    """The task's network inputs, narrowed to the state names a learned entry lists in
-    ``inputs`` (the dimensions its rule may depend on); all of them when None."""
-    import numpy as np
-
-    mask = np.asarray(task.layout.input_mask, dtype=bool)
-    if inputs is None:
-        return mask
-    if isinstance(inputs, str) or not isinstance(inputs, list | tuple) or not inputs:
-        raise ValueError(f"a learned entry's `inputs` must list state names, got {inputs!r}")
-    chosen = np.zeros_like(mask)
-    for name in inputs:
-        if name not in task.layout.names:
-            raise ValueError(
-                f"a learned entry's inputs name {name!r}, not a state of {task.name}; "
-                f"valid names: {list(task.layout.names)}"
-            )
-        chosen[task.layout.index(name)] = True
-    if not (mask & chosen).any():
-        raise ValueError(
-            f"a learned entry's inputs {list(inputs)} are all excluded from the networks"
-        )
-    return mask & chosen
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra flags (with their values) and overrides, in the user's order."""
+    flags, overrides = [], []
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            flags.append(arg)
+        elif i > 0 and argv[i - 1] in _FLAGS_WITH_VALUE:
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return flags, overrides
 
 
-def _train(cfg) -> dict:
+def _first_of_sweeps(overrides: list[str]) -> list[str]:
+    """Each sweep override (``seed=0,1``) replaced by its first value, to check the config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for text, o in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
+        if o.is_sweep_override():
+            out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            out.append(text)
+    return out
+
+
+def compose_checked(overrides: list[str]) -> Any:
+    """Compose ``config`` with ``overrides`` and check every value; raises on the first
+    unknown key, wrong type or value out of range. Creates no file or folder."""
+    from hydra import compose, initialize_config_dir
+
+    from mbrm.resources import config_dir, register_resolvers
+    from mbrm.run import register_schemas, run_settings
+
+    register_resolvers()
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    run_settings(cfg)
+    return cfg
+
+
+def _train(argv: list[str], extra: list[str] | None = None) -> None:
+    import hydra
+
+    from mbrm.resources import config_dir, register_resolvers
+    from mbrm.run import register_schemas
+
+    flags, overrides = _split(argv)
+    overrides = [*(extra or []), *overrides]
+    if any(o.startswith("resume=") for o in overrides):
+        if extra or "-m" in flags or "--multirun" in flags:
+            raise UsageError("resume=RUN continues one run: it takes no sweep and no demo preset")
+        _resume(overrides, flags)
+        return
+    if not any(f in flags for f in ("--help", "-h", "--cfg", "-c", "--info", "-i")):
+        compose_checked(_first_of_sweeps(overrides))  # refuse bad settings before any folder
+    register_resolvers()
+    register_schemas()
+    # Hydra takes flags (-m, --cfg job, ...) before overrides only
+    sys.argv = [sys.argv[0], *flags, *overrides]
+    main = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _train_job
+    )
+    main()
+
+
+def _train_job(cfg: Any) -> dict[str, Any]:
+    """One training run in Hydra's output folder (a job of a sweep, or the only one)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        saved = OmegaConf.load(run_dir / "config.yaml")
-        saved.resume = cfg.resume
-        cfg = saved
-    else:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    loop = build_loop(cfg, run_dir)
-    if cfg.resume:
-        loop.resume()
-    summary = loop.run()
+    from mbrm.run import ConfigValueError, build_loop, run_settings
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        settings = run_settings(cfg)
+    except ConfigValueError as e:  # a swept value out of range: leave no folder behind
+        if not _debug():
+            _remove_fresh_run_dir(run_dir)
+            print(f"mbrm: error: {_one_line(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return _run(build_loop(settings, run_dir), run_dir)
+
+
+def _run(loop: Any, run_dir: Path) -> dict[str, Any]:
     from mbrm.report import write_report
 
+    summary = loop.run()
     report = write_report(run_dir)
     _print_summary(summary, run_dir, report)
     return summary
+
+
+def _remove_fresh_run_dir(run_dir: Path) -> None:
+    """Remove a run folder Hydra has just made, if it holds nothing but Hydra's own files."""
+    if not run_dir.is_dir():
+        return
+    if any(p.name not in (".hydra", "cli.log", "_train_job.log") for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    parent = run_dir.parent
+    for _ in range(2):  # outputs/<date>/<time>: the date folder too, when empty
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+def _resume(overrides: list[str], flags: list[str]) -> None:
+    """``mbrm train resume=RUN``: continue RUN with its saved config (no new folder)."""
+    from omegaconf import OmegaConf
+
+    from mbrm.run import FinishedRun, build_loop, run_settings
+
+    if flags:
+        raise UsageError(f"resume=RUN takes no Hydra flags, got {' '.join(flags)}")
+    pairs = [o.split("=", 1) for o in overrides]
+    changing = [f"{k}={v}" for k, v in pairs if k.lstrip("+~") not in RESUME_KEYS]
+    if changing:
+        raise UsageError(
+            f"resume continues a run with its own config; these overrides would change it: "
+            f"{', '.join(changing)} (allowed with resume: {', '.join(RESUME_KEYS[1:])})"
+        )
+    given = dict(pairs)
+    run = FinishedRun(given.pop("resume"))
+    if not (run.run_dir / "checkpoint.pt").is_file():
+        raise UsageError(f"{run.run_dir} has no checkpoint.pt to resume from")
+    saved = OmegaConf.load(run.run_dir / "config.yaml")
+    before = OmegaConf.to_container(saved, resolve=True)
+    cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist([f"{k}={v}" for k, v in given.items()]))
+    settings = run_settings(cfg)
+    old = int(before["experiment"]["iterations"])  # type: ignore[index]
+    if settings.experiment.iterations < old:
+        raise UsageError(
+            f"experiment.iterations={settings.experiment.iterations}: resume can extend a run "
+            f"(it has {old} iterations), not shorten it"
+        )
+    loop = build_loop(settings, run.run_dir)
+    loop.resume()
+    if settings.experiment.iterations != old:  # the run's config says what it now is
+        saved.experiment.iterations = settings.experiment.iterations
+        tmp = run.run_dir / "config.yaml.tmp"
+        tmp.write_text(OmegaConf.to_yaml(saved))
+        tmp.replace(run.run_dir / "config.yaml")
+    _run(loop, run.run_dir)
 
 
 def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
@@ -216,56 +251,22 @@ def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
         print(f"  report                 {report}")
 
 
-# Hydra flags followed by a value as a separate argument.
-_FLAGS_WITH_VALUE = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-}
+def _run_dir(rest: list[str], cmd: str) -> Any:
+    from mbrm.run import FinishedRun
 
-
-def _hydra_entry(argv: list[str], extra: list[str] | None = None) -> None:
-    import hydra
-
-    # Hydra takes flags (-m, --cfg job, ...) before overrides only: keep the user's flags
-    # ahead of the overrides this command adds.
-    flags, overrides = [], []
-    for i, arg in enumerate(argv):
-        if arg.startswith("-"):
-            flags.append(arg)
-        elif i > 0 and argv[i - 1] in _FLAGS_WITH_VALUE:
-            flags.append(arg)
-        else:
-            overrides.append(arg)
-    sys.argv = [sys.argv[0], *flags, *(extra or []), *overrides]
-    main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_train)
-    main()
-
-
-def _eval(run_dir: Path) -> None:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.resume = str(run_dir)
-    loop = build_loop(cfg, run_dir)
-    loop.resume()
-    summary = loop.final_evaluation()
-    _print_summary(summary, run_dir, None)
+    if len(rest) != 1:
+        raise UsageError(f"usage: mbrm {cmd} RUN_DIR")
+    return FinishedRun(rest[0])
 
 
 def _options() -> None:
     """Every option of every config file with the comment line above it."""
-    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+    from mbrm.resources import config_dir
+
+    root = config_dir()
+    for path in sorted(root.rglob("*.yaml")):
         comment = ""
-        print(f"\n[{path.relative_to(CONFIG_DIR)}]")
+        print(f"\n[{path.relative_to(root)}]")
         for line in path.read_text().splitlines():
             s = line.strip()
             if s.startswith("#"):
@@ -277,29 +278,19 @@ def _options() -> None:
                 comment = ""
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return
-    cmd, rest = argv[0], argv[1:]
+def _dispatch(cmd: str, rest: list[str]) -> None:
     if cmd == "train":
-        _hydra_entry(rest)
+        _train(rest)
     elif cmd == "demo":
-        _hydra_entry(rest, ["experiment=demo", "world_model=small", "planner=cem_fast"])
-    elif cmd in ("eval", "report"):
-        if len(rest) != 1:
-            raise SystemExit(f"usage: mbrm {cmd} RUN_DIR")
-        run_dir = Path(rest[0])
-        if not (run_dir / "config.yaml").exists():
-            raise SystemExit(f"mbrm: {run_dir} is not a run directory (no config.yaml)")
-        if cmd == "eval":
-            _eval(run_dir)
-        else:
-            from mbrm.report import write_report
+        _train(rest, DEMO)
+    elif cmd == "eval":
+        run = _run_dir(rest, cmd)
+        _print_summary(run.loop().final_evaluation(), run.run_dir, None)
+    elif cmd == "report":
+        from mbrm.report import write_report
 
-            print(f"mbrm: report written to {write_report(run_dir)}")
+        run = _run_dir(rest, cmd)
+        print(f"mbrm: report written to {write_report(run.run_dir)}")
     elif cmd == "label":
         from mbrm.labeling.server import main as label_main
 
@@ -307,7 +298,27 @@ def main(argv: list[str] | None = None) -> None:
     elif cmd == "options":
         _options()
     else:
-        raise SystemExit(f"mbrm: unknown command {cmd!r}\n{USAGE}")
+        raise UsageError(
+            f"unknown command {cmd!r}; commands: train, demo, eval, report, options, label"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    try:
+        _dispatch(argv[0], argv[1:])
+    except _user_errors() as e:
+        if _debug():
+            raise
+        print(f"mbrm: error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

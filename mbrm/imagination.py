@@ -35,10 +35,10 @@ def learned_reward(model, dtype: str = "float32") -> RewardFn:
     return reward
 
 
-def oracle_reward(task: Task) -> RewardFn:
-    """Oracle mode: the task's hidden true reward, with zero uncertainty.
+def hidden_reward(task: Task) -> RewardFn:
+    """The task's hidden true reward, with zero uncertainty.
 
-    Only for the upper baseline that comparisons are normalised against.
+    Only for oracle mode and the reference agent that scores are normalised against.
     """
 
     def reward(s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor):
@@ -49,8 +49,9 @@ def oracle_reward(task: Task) -> RewardFn:
     return reward
 
 
-class OracleClassifier:
-    """Oracle mode's side-constraint: the task's hidden ``unacceptable``, as 0/1 probabilities."""
+class HiddenRuleClassifier:
+    """The task's hidden ``unacceptable`` rule as 0/1 probabilities (oracle mode and the
+    reference agent back the learned constraint entries with it)."""
 
     threshold = 0.5
 

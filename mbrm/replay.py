@@ -67,6 +67,21 @@ class ReplayBuffer:
             raise ValueError("cannot truncate a buffer that has wrapped around")
         self._size, self._next = n, n % self.capacity
 
+    def with_capacity(self, capacity: int) -> ReplayBuffer:
+        """This buffer's transitions, in order, in a buffer of ``capacity`` (>= their count)."""
+        if capacity < self._size:
+            raise ValueError(f"capacity {capacity} is below the {self._size} stored transitions")
+        if capacity == self.capacity:
+            return self
+        out = ReplayBuffer(self.state_dim, self.action_dim, capacity)
+        o = self._order()
+        n = len(o)
+        out.states[:n], out.actions[:n] = self.states[o], self.actions[o]
+        out.next_states[:n] = self.next_states[o]
+        out.episode[:n], out.step[:n] = self.episode[o], self.step[o]
+        out._size, out._next = n, n % capacity
+        return out
+
     def _order(self) -> np.ndarray:
         """Indices of stored transitions, oldest first."""
         if self._size < self.capacity:

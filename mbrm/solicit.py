@@ -20,19 +20,15 @@ synthesised hypothetical: it was made to be asked about.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from mbrm.feedback.queries import PairQuery, constraint_uncertainty, select_pairs
-from mbrm.feedback.segments import FeedbackKind, Labeller, Segment, SegmentSource, UnacceptableLabel
+from mbrm.feedback.gatherers import FeedbackGatherer
+from mbrm.feedback.queries import ACQUISITIONS, PairQuery, constraint_uncertainty, select_pairs
+from mbrm.feedback.segments import FeedbackKind, Segment, SegmentSource
 from mbrm.feedback.store import FeedbackStore
-from mbrm.imagination import ModelImagination, as_tensor_state
-from mbrm.replay import ReplayBuffer
-
-SYNTHESIS_OBJECTIVES = ("uncertainty", "novelty", "min_reward")
+from mbrm.synthesis import SYNTHESIS_OBJECTIVES
 
 
 @dataclass
@@ -59,25 +55,48 @@ class SolicitSettings:
     segment_length: int = 15
     real_candidates: int = 30
     synthesised: int = 6
-    synthesis_objectives: Sequence[str] = ("uncertainty", "novelty", "min_reward")
+    synthesis_objectives: list[str] = field(
+        default_factory=lambda: ["uncertainty", "novelty", "min_reward"]
+    )
     realism: float = 1.0
     label_budget: int = 2000
 
     def __post_init__(self) -> None:
+        key = "experiment.solicit"
+        allowed = (*ACQUISITIONS, "random")
+        for name, n in self.preferences.items():
+            if name not in allowed:
+                raise ValueError(
+                    f"{key}.preferences has an unknown acquisition {name!r}; "
+                    f"expected some of {', '.join(allowed)}"
+                )
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"{key}.preferences.{name} must be an integer >= 0, got {n!r}")
+        for name, low in (
+            ("unacceptable", 0),
+            ("segment_length", 1),
+            ("real_candidates", 0),
+            ("synthesised", 0),
+            ("label_budget", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key}.{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.realism, int | float) and 0 <= self.realism < float("inf")):
+            raise ValueError(f"{key}.realism must be a number >= 0, got {self.realism!r}")
         unknown = [o for o in self.synthesis_objectives if o not in SYNTHESIS_OBJECTIVES]
         if unknown:
             raise ValueError(
-                f"unknown synthesis objectives {unknown}; expected some of {SYNTHESIS_OBJECTIVES}"
+                f"{key}.synthesis_objectives has unknown objectives {unknown}; expected some of "
+                f"{', '.join(SYNTHESIS_OBJECTIVES)}"
             )
         repeated = sorted(
-            {o for o in self.synthesis_objectives if self.synthesis_objectives.count(o) > 1}
+            {o for o in self.synthesis_objectives if list(self.synthesis_objectives).count(o) > 1}
         )
         if repeated:
-            raise ValueError(f"synthesis objectives {repeated} are listed more than once")
-        if self.synthesised < 0:
-            raise ValueError(f"synthesised must be >= 0, got {self.synthesised}")
+            raise ValueError(f"{key}.synthesis_objectives lists {repeated} more than once")
         if self.synthesised and not self.synthesis_objectives:
-            raise ValueError("synthesised > 0 needs at least one synthesis objective")
+            raise ValueError(f"{key}.synthesised > 0 needs at least one synthesis objective")
         self.synthesis_objectives = tuple(self.synthesis_objectives)
 
     def synthesis_counts(self) -> dict[str, int]:
@@ -98,111 +117,6 @@ class RoundReport:
     by_source: dict[str, int] = field(default_factory=dict)
 
 
-def imagined_segment(
-    top_states: torch.Tensor, top_actions: torch.Tensor, length: int, particle: int = 0
-) -> Segment:
-    """The best candidate's imagined trajectory (one particle) as a segment."""
-    T = min(length, top_actions.shape[1])
-    states = top_states[0, particle, : T + 1].double().numpy()
-    return Segment(states, top_actions[0, :T].double().numpy(), SegmentSource.IMAGINED)
-
-
-def novelty_reference(
-    states: np.ndarray,
-    features: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    rng: np.random.Generator,
-    max_states: int = 2000,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference set of the novelty objective: features of ``states`` [L, F] and their scale [F].
-
-    At most ``max_states`` states (a random subset) keep the distance computation cheap;
-    the scale is each feature's std over the reference (at least 1e-3).
-    """
-    if len(states) == 0:
-        raise ValueError("the novelty objective needs at least one reference state")
-    if len(states) > max_states:
-        states = states[np.sort(rng.choice(len(states), max_states, replace=False))]
-    with torch.no_grad():
-        ref = features(torch.as_tensor(states, dtype=torch.float32)).float()
-    scale = ref.std(0, unbiased=False).clamp(min=1e-3) if len(ref) > 1 else torch.ones(ref.shape[1])
-    return ref / scale, scale
-
-
-def synthesise(
-    planner,
-    imagination: ModelImagination,
-    starts: np.ndarray,
-    *,
-    objective: str,
-    reward_model,
-    classifier,
-    realism: float,
-    length: int,
-    generator: torch.Generator,
-    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> list[Segment]:
-    """Plan on an acquisition objective from each start state; return the imagined plans.
-
-    Objectives (ReQueST, Reddy et al. 2020, Sec. 3.2: uncertainty, novelty, and the
-    reward extremes), each minus ``realism`` times the world model's disagreement (the
-    std of the particles' next states, normalised), so hypotheticals stay where the
-    model can be believed:
-
-    * ``uncertainty``: reward std + classifier std/near-threshold;
-    * ``novelty``: distance of each imagined state's ``features`` to the nearest state
-      of ``reference`` (from :func:`novelty_reference`: the states judged so far),
-      which steers the arm into outcomes no unacceptable label covers yet;
-    * ``min_reward``: the negated reward mean (what the reward model believes is worst),
-      without the realism term.
-    """
-    if objective not in SYNTHESIS_OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {SYNTHESIS_OBJECTIVES}")
-    if objective in ("uncertainty", "min_reward") and reward_model is None:
-        raise ValueError(f"the {objective} objective needs a fitted reward model")
-    if objective == "novelty" and (features is None or reference is None):
-        raise ValueError("the novelty objective needs features and a reference set")
-    wm = imagination.world_model
-    scale = wm.target_norm.std.clamp(min=1e-6)
-
-    def acquisition(s, a, s_next):
-        if objective == "min_reward":
-            mean, _ = reward_model.predict(s, a, s_next)
-            return -mean, torch.zeros_like(mean)
-        if objective == "novelty":
-            ref, f_scale = reference
-            f = features(s_next).float() / f_scale  # [N, P, H, F]
-            flat = f.reshape(-1, f.shape[-1])
-            score = torch.cdist(flat, ref).min(1).values.reshape(f.shape[:-1])  # [N, P, H]
-        else:
-            _, score = reward_model.predict(s, a, s_next)
-            if classifier is not None:
-                p, p_std = classifier.predict(s_next)
-                score = score + p_std.float() + 4 * p * (1 - p)
-        spread = (s_next / scale).std(dim=1, keepdim=True).mean(-1)  # [N, 1, H] over particles
-        return score - realism * spread.expand_as(score), torch.zeros_like(score)
-
-    synth = ModelImagination(
-        wm,
-        acquisition,
-        None,
-        imagination.particles,
-        imagination.generator,
-        "tsinf",
-        imagination.dtype,
-    )
-    out = []
-    for s0 in starts:
-        with torch.no_grad():
-            res = planner.plan(as_tensor_state(s0), synth, generator=generator)
-        seg = imagined_segment(res.top_states, res.top_actions, length)
-        out.append(
-            Segment(seg.states, seg.actions, SegmentSource.SYNTHESISED, {"objective": objective})
-        )
-    return out
-
-
 def solicit_round(
     *,
     store: FeedbackStore,
@@ -212,20 +126,23 @@ def solicit_round(
     rng: np.random.Generator,
     reward_model,
     classifier,
-    preference_teacher=None,
-    unacceptable_teacher=None,
-    replay: ReplayBuffer | None = None,
+    gatherer: FeedbackGatherer,
+    labelled_states: np.ndarray,
+    replay_states: np.ndarray | None = None,
 ) -> RoundReport:
-    """Choose queries from ``pool`` and store them, answered if a teacher is given."""
+    """Choose queries from ``pool`` and store them, with the gatherer's answers.
+
+    labelled_states: [L, S] every state judged so far (read once a round by the caller)
+    replay_states:   [M, S] the real states seen, for the novelty scale (None: unscaled)
+    """
     report = RoundReport()
     used = store.count_labels()
     remaining = settings.label_budget - used
     if remaining <= 0 or len(pool) < 2:
         return report
-    labelled_states, _ = store.unacceptable_states()
     scale = None
-    if replay is not None and len(replay):
-        scale = np.maximum(replay.arrays()[0].std(0), 1e-3)
+    if replay_states is not None and len(replay_states):
+        scale = np.maximum(replay_states.std(0), 1e-3)
     # each preference also judges both segments: 3 labels per query
     budget = dict(settings.preferences)
     total = sum(budget.values())
@@ -253,7 +170,8 @@ def solicit_round(
         ids = (seg_id(q.left), seg_id(q.right))
         report.by_acquisition[q.acquisition] = report.by_acquisition.get(q.acquisition, 0) + 1
         score = float(q.score) if np.isfinite(q.score) else None
-        if preference_teacher is None:
+        answered = gatherer.preference(pool[q.left], pool[q.right])
+        if answered is None:
             store.add_query(
                 FeedbackKind.PREFERENCE,
                 ids,
@@ -263,8 +181,7 @@ def solicit_round(
             )
             report.pending += 1
             continue
-        answer = preference_teacher.answer(pool[q.left], pool[q.right])
-        who = Labeller.teacher("preference", **preference_teacher.describe())
+        answer, who = answered
         store.add_labelled_query(
             FeedbackKind.PREFERENCE,
             ids,
@@ -303,18 +220,18 @@ def solicit_round(
             if i in synthesised
             else "constraint"
         )
-        if unacceptable_teacher is None:
+        judgement = gatherer.unacceptable(pool[i])
+        if judgement is None:
             store.add_query(
                 FeedbackKind.UNACCEPTABLE, (seg_id(i),), acquisition=acq, loop_round=round_index
             )
             report.pending += 1
             continue
-        flags = unacceptable_teacher.label(pool[i])
-        who = Labeller.teacher("unacceptable", **unacceptable_teacher.describe())
+        label, who = judgement
         store.add_labelled_query(
             FeedbackKind.UNACCEPTABLE,
             (seg_id(i),),
-            UnacceptableLabel(flags),
+            label,
             who,
             acquisition=acq,
             loop_round=round_index,

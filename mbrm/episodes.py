@@ -1,0 +1,124 @@
+"""Episodes in the real environment: the planning agent or the random explorer acts.
+
+The agent sees only the MuJoCo state; the hidden ``true_reward`` and ``unacceptable``
+are read after the episode, for the figures an experimenter logs (Leike et al. 2018,
+Sec. 3.1: the reward is not given to the agent, only to whoever simulates a teacher
+or evaluates it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from constraints.sets import ConstraintSet
+from mbrm.agent import Agent
+from mbrm.feedback.segments import Segment
+from mbrm.replay import ReplayBuffer
+from mbrm.synthesis import imagined_segment
+from mbrm.tasks import Task
+
+
+class RandomExplorer:
+    """Uniform actions in the task's box, resampled until the hard action entries hold."""
+
+    def __init__(self, task: Task, constraint_set: ConstraintSet, rng: np.random.Generator):
+        self.low, self.high = task.action_bounds
+        self.entries = [e for e in constraint_set.entries if not e.uses_states]
+        self.rng = rng
+
+    def __call__(self) -> np.ndarray:
+        for _ in range(1000):
+            a = self.rng.uniform(self.low, self.high)
+            act = torch.as_tensor(a[None, None])  # [1, 1, A]: one step
+            if all(float(e.evaluate(None, act).max()) <= 0.5 for e in self.entries):
+                return a
+        raise RuntimeError(
+            "no random action satisfies the configured action constraints after 1000 tries"
+        )
+
+
+@dataclass
+class Recorder:
+    """Where an episode's data goes while training (None of it while evaluating).
+
+    replay:          every real transition, tagged with ``episode``
+    imagined:        the planner's best imagined future every ``imagined_every`` steps,
+                     cut to ``segment_length`` transitions (query candidates)
+    """
+
+    replay: ReplayBuffer
+    episode: int
+    imagined: list[Segment]
+    imagined_every: int
+    segment_length: int
+
+
+def run_episode(
+    task: Task,
+    policy: Agent | RandomExplorer,
+    *,
+    seed: int,
+    length: int,
+    generator: torch.Generator,
+    recorder: Recorder | None = None,
+    reward_model: Any | None = None,
+) -> dict[str, Any]:
+    """One episode of at most ``length`` steps from ``task.make_env(seed)``.
+
+    Returns the true return and unacceptable steps (hidden task functions, evaluation
+    only), the no-safe-plan and rejection counts, the median planning seconds and, when
+    a fitted ``reward_model`` is given, the return it predicts for the episode.
+    """
+    env = task.make_env(seed)
+    s, _ = env.reset(seed=seed)
+    states, actions = [s], []
+    blocked: dict[str, int] = {}
+    no_safe_plan, plan_seconds = 0, []
+    planning = isinstance(policy, Agent)
+    if planning:
+        policy.reset()
+    for t in range(length):
+        if planning:
+            a, info = policy.act(s, generator)
+            plan = info.plan
+            no_safe_plan += int(info.no_safe_plan)
+            plan_seconds.append(info.seconds)
+            for name, n in plan.rejected_by.items():
+                blocked[name] = blocked.get(name, 0) + n
+            if recorder is not None and recorder.imagined_every > 0:
+                if t % recorder.imagined_every == 0:
+                    recorder.imagined.append(
+                        imagined_segment(plan.top_states, plan.top_actions, recorder.segment_length)
+                    )
+        else:
+            a = policy()
+        s2, _, terminated, truncated, _ = env.step(a)
+        if recorder is not None:
+            recorder.replay.add(s, a, s2, recorder.episode, t)
+        states.append(s2)
+        actions.append(a)
+        s = s2
+        if terminated or truncated:
+            break
+    env.close()
+    S, A = np.array(states), np.array(actions)
+    out = {
+        "true_return": float(task.true_reward(S[:-1], A, S[1:]).sum()),
+        "unacceptable_steps": int(task.unacceptable(S[1:]).sum()),
+        "steps": len(A),
+        "no_safe_plan": no_safe_plan,
+        "blocked": blocked,
+        "plan_seconds": float(np.median(plan_seconds)) if plan_seconds else 0.0,
+    }
+    if reward_model is not None and reward_model.fitted:
+        mean, _ = reward_model.predict(
+            torch.as_tensor(S[:-1], dtype=torch.float32),
+            torch.as_tensor(A, dtype=torch.float32),
+            torch.as_tensor(S[1:], dtype=torch.float32),
+        )
+        out["predicted_return"] = float(mean.sum())
+    return out
