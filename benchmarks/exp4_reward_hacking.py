@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
-from exp5_reward_alignment import load_loop, predicted_rewards
+from exp5_reward_alignment import load_run, predicted_rewards
 from scipy.stats import spearmanr
 
 TASKS = ("reacher_keepout",)
@@ -75,13 +75,10 @@ def variants(tasks: list[str], freeze: dict[str, int]) -> list[sw.Variant]:
 def final_model_returns(record: sw.RunRecord) -> np.ndarray:
     """Per training episode (metrics row): the run's final reward model summed over the
     episode's transitions, one scale for the whole run."""
-    loop = load_loop(record.run_dir)  # resumed: its replay is the run's, cut to the checkpoint
-    try:
-        replay = loop.replay
-        episode = replay.episode[: len(replay)]  # oldest first: the buffer never wrapped
-        reward = predicted_rewards(loop, *replay.arrays())
-    finally:
-        loop.store.close()
+    run = load_run(record.run_dir)  # its replay is the run's, cut to the checkpoint
+    replay = run.replay
+    episode = replay.episode[: len(replay)]  # oldest first: the buffer never wrapped
+    reward = predicted_rewards(run, *replay.arrays())
     sums = np.bincount(episode, weights=reward.astype(np.float64))
     if len(sums) != len(record.metrics):
         raise RuntimeError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -35,6 +36,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from mbrm.replay import ReplayBuffer
+from mbrm.rundir import REPLAY
 
 STEM = "exp5_reward_alignment"
 MAX_TRANSITIONS = 3000
@@ -58,32 +60,36 @@ class Alignment:
         return float(pearsonr(self.predicted, self.true).statistic)
 
 
-def load_loop(run_dir: Path):
-    """The run's final models, rebuilt as ``mbrm report`` does."""
-    from omegaconf import OmegaConf
+@dataclass(frozen=True)
+class FittedRun:
+    """A finished run's task, final reward ensemble and replay (cut to its checkpoint)."""
 
-    from mbrm.cli import build_loop
+    task: Any
+    reward_model: Any
+    replay: ReplayBuffer
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.resume = str(run_dir)
-    cfg.progress = False
-    loop = build_loop(cfg, run_dir)
-    loop.resume()
-    if loop.reward_model is None or not loop.reward_model.fitted:
+
+def load_run(run_dir: Path) -> FittedRun:
+    """The run's final reward ensemble, read as ``mbrm report`` reads it."""
+    from mbrm.run import FinishedRun
+
+    run = FinishedRun(run_dir)
+    reward_model = run.reward_model()
+    if reward_model is None or not reward_model.fitted:
         raise RuntimeError(f"{run_dir}: the run has no fitted reward ensemble to evaluate")
-    return loop
+    return FittedRun(run.task, reward_model, run.replay())
 
 
-def score(loop, s: np.ndarray, a: np.ndarray, s2: np.ndarray, rng: np.random.Generator):
+def score(run: FittedRun, s: np.ndarray, a: np.ndarray, s2: np.ndarray, rng: np.random.Generator):
     """(true, predicted) rewards of up to MAX_TRANSITIONS transitions drawn from (s, a, s2)."""
     pick = rng.choice(len(s), min(len(s), MAX_TRANSITIONS), replace=False)
     s, a, s2 = s[pick], a[pick], s2[pick]
-    return loop.task.true_reward(s, a, s2), predicted_rewards(loop, s, a, s2)
+    return run.task.true_reward(s, a, s2), predicted_rewards(run, s, a, s2)
 
 
-def predicted_rewards(loop, s: np.ndarray, a: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """The loop's reward ensemble mean (standardised units) on transitions (s, a, s2)."""
-    mean, _ = loop.reward_model.predict(
+def predicted_rewards(run: FittedRun, s: np.ndarray, a: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """The run's reward ensemble mean (standardised units) on transitions (s, a, s2)."""
+    mean, _ = run.reward_model.predict(
         torch.as_tensor(s, dtype=torch.float32),
         torch.as_tensor(a, dtype=torch.float32),
         torch.as_tensor(s2, dtype=torch.float32),
@@ -97,11 +103,11 @@ def align(records: list[sw.RunRecord]) -> list[Alignment]:
     for recs in sw.by_variant(records).values():
         for i, rec in enumerate(recs):
             other = recs[(i + 1) % len(recs)]
-            loop = load_loop(rec.run_dir)
+            run = load_run(rec.run_dir)
             rng = np.random.default_rng([rec.seed, other.seed])
-            own_true, own_pred = score(loop, *loop.replay.arrays(), rng)
-            held = ReplayBuffer.load(other.run_dir / "replay.npz").arrays()
-            true, pred = score(loop, *held, rng)
+            own_true, own_pred = score(run, *run.replay.arrays(), rng)
+            held = ReplayBuffer.load(other.run_dir / REPLAY).arrays()
+            true, pred = score(run, *held, rng)
             out.append(
                 Alignment(
                     task=rec.summary["task"],
@@ -112,7 +118,6 @@ def align(records: list[sw.RunRecord]) -> list[Alignment]:
                     own_spearman=float(spearmanr(own_pred, own_true).statistic),
                 )
             )
-            loop.store.close()
     return out
 
 

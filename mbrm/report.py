@@ -36,23 +36,19 @@ def _col(rows: list[dict[str, str]], key: str) -> np.ndarray:
 def _alignment(run_dir: Path, ax_scatter, ax_confusion) -> dict[str, float]:
     """Load the run's models and compare them with the hidden truth on its own states."""
     import torch
-    from omegaconf import OmegaConf
     from scipy.stats import spearmanr
 
-    from mbrm.cli import build_loop
+    from mbrm.run import FinishedRun
 
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.resume = str(run_dir)
-    cfg.progress = False
-    loop = build_loop(cfg, run_dir)
-    loop.resume()
-    s, a, s2 = loop.replay.arrays()
+    run = FinishedRun(run_dir)
+    task, reward_model, classifier = run.task, run.reward_model(), run.classifier()
+    s, a, s2 = run.replay().arrays()
     rng = np.random.default_rng(0)
     pick = rng.choice(len(s), min(len(s), 3000), replace=False)
     out: dict[str, float] = {}
-    true_r = loop.task.true_reward(s[pick], a[pick], s2[pick])
-    if loop.reward_model is not None and loop.reward_model.fitted:
-        pred, _ = loop.reward_model.predict(
+    true_r = task.true_reward(s[pick], a[pick], s2[pick])
+    if reward_model is not None and reward_model.fitted:
+        pred, _ = reward_model.predict(
             torch.as_tensor(s[pick], dtype=torch.float32),
             torch.as_tensor(a[pick], dtype=torch.float32),
             torch.as_tensor(s2[pick], dtype=torch.float32),
@@ -64,9 +60,9 @@ def _alignment(run_dir: Path, ax_scatter, ax_confusion) -> dict[str, float]:
         out["spearman"] = rho
     ax_scatter.set_xlabel("true reward (hidden)")
     ax_scatter.set_ylabel("learned reward (standardised)")
-    if loop.classifier is not None and loop.classifier.threshold is not None:
-        flags = loop.task.unacceptable(s)
-        ev = loop.classifier.evaluate(s, flags)
+    if classifier is not None and classifier.threshold is not None:
+        flags = task.unacceptable(s)
+        ev = classifier.evaluate(s, flags)
         cm = np.array([[ev["tn"], ev["fp"]], [ev["fn"], ev["tp"]]])
         ax_confusion.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):

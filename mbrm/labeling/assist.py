@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mbrm.feedback.segments import Segment
+from mbrm.rundir import CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Assistant:
 
     def _refresh(self) -> None:
         """Load the checkpoint if it is new or changed since the last load (lock held)."""
-        ckpt = self.run_dir / "checkpoint.pt"
+        ckpt = self.run_dir / CHECKPOINT
         try:
             mtime = ckpt.stat().st_mtime
         except FileNotFoundError:
@@ -77,16 +78,11 @@ class Assistant:
         self._cache.clear()
         self._loaded_mtime = mtime
         try:
-            from omegaconf import OmegaConf
+            from mbrm.run import FinishedRun
 
-            from mbrm.cli import build_loop
-
-            cfg = OmegaConf.load(self.run_dir / "config.yaml")
-            cfg.resume = str(self.run_dir)
-            cfg.progress = False
-            loop = build_loop(cfg, self.run_dir)
-            loop.resume()
-            loop.store.close()  # the server keeps its own connections
+            # Two state dicts: no planner, no constraint set, no store connection.
+            run = FinishedRun(self.run_dir)
+            rm, clf = run.reward_model(), run.classifier()
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
             self._reward_model = self._classifier = None
             detail = str(e).splitlines()[0] if str(e) else ""
@@ -94,7 +90,6 @@ class Assistant:
                 detail = detail[:157] + "..."
             self._reason = f"the run's models could not be loaded ({type(e).__name__}: {detail})"
             return
-        rm, clf = loop.reward_model, loop.classifier
         self._reward_model = rm if rm is not None and rm.fitted else None
         self._classifier = clf if clf is not None and _classifier_fitted(clf) else None
         missing = []
