@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from constraints.entries import StateBoundsEntry
 from constraints.qp_filter import SOLVERS, QPFilter
-from constraints.sets import ConstraintSet, StateBoundsEntry
+from constraints.sets import ConstraintSet
 from mbrm.tasks import get_task
 from mbrm.world_model import WorldModel
 

@@ -2,27 +2,43 @@
 
 Public API:
 
+* :class:`ConstraintSpec` (``from_config``, ``build``, ``with_hidden_learned_entry``,
+  ``learned_alpha``, ``learned_inputs``, ``classifier_input_mask``): a run's parsed
+  and validated constraint entries; :class:`ConfigError` for bad configuration.
 * :class:`ConstraintSet` (``from_config``, ``evaluate``, ``linear_rows``) and its
-  :class:`ConstraintEvaluation`; :class:`ConfigError` for bad configuration;
-  :class:`Classifier`, the protocol a ``learned`` entry needs.
+  :class:`ConstraintEvaluation` and :class:`LinearRows`.
+* The entries: :class:`LearnedEntry` (configured as a :class:`LearnedEntrySpec`),
+  :class:`StateBoundsEntry`, :class:`LinearEntry`, :class:`ActionBoxEntry`,
+  :class:`ActionPolytopeEntry`; :class:`Classifier`, the protocol a learned entry needs.
 * :class:`QPFilter` and its :class:`FilterResult`.
 """
 
-from constraints.qp_filter import FilterResult, QPFilter
-from constraints.sets import (
+from constraints.entries import (
+    ActionBoxEntry,
+    ActionPolytopeEntry,
     Classifier,
-    ConfigError,
-    ConstraintEvaluation,
-    ConstraintSet,
-    LinearRows,
+    LearnedEntry,
+    LearnedEntrySpec,
+    LinearEntry,
+    StateBoundsEntry,
 )
+from constraints.qp_filter import FilterResult, QPFilter
+from constraints.sets import ConfigError, ConstraintEvaluation, ConstraintSet, LinearRows
+from constraints.spec import ConstraintSpec
 
 __all__ = [
+    "ActionBoxEntry",
+    "ActionPolytopeEntry",
     "Classifier",
     "ConfigError",
     "ConstraintEvaluation",
     "ConstraintSet",
+    "ConstraintSpec",
     "FilterResult",
+    "LearnedEntry",
+    "LearnedEntrySpec",
+    "LinearEntry",
     "LinearRows",
     "QPFilter",
+    "StateBoundsEntry",
 ]

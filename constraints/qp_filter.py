@@ -45,7 +45,8 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from constraints.sets import ConstraintSet, LearnedEntry
+from constraints.entries import LearnedEntry
+from constraints.sets import ConstraintSet
 
 Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FALLBACKS = ("pass_through", "zero", "least_violation")

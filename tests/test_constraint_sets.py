@@ -10,7 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from constraints.entries import LearnedEntrySpec
 from constraints.sets import ConfigError, ConstraintSet
+from constraints.spec import ConstraintSpec
 from mbrm.tasks import StateLayout, get_task
 from planners.base import ImaginedBatch
 
@@ -172,10 +174,10 @@ def test_learned_entry_ties_and_extreme_thresholds_follow_p_at_least_tau():
         cs.evaluate(states)
 
 
-def test_learned_entry_threshold_override_kappa_and_dtype():
+def test_learned_entry_threshold_override_pessimism_and_dtype():
     clf = FakeClassifier(threshold=0.9)
     cs = make(
-        {"clf": {"kind": "learned", "threshold": 0.5, "kappa": 2.0, "dtype": "bfloat16"}},
+        {"clf": {"kind": "learned", "threshold": 0.5, "pessimism": 2.0, "dtype": "bfloat16"}},
         classifier=clf,
     )
     states = torch.tensor([[0.2, 0.1, 0.0], [0.2, 0.2, 0.0], [0.9, 0.5, 0.0]])
@@ -393,8 +395,12 @@ def test_more_bad_configurations():
         make({"c": {"kind": "learned", "alpha": 0.1, "threshold": 0.3}}, FakeClassifier())
     with pytest.raises(ConfigError, match=r"'c': alpha 1.5 is outside \(0, 1\)"):
         make({"c": {"kind": "learned", "alpha": 1.5}}, FakeClassifier())
-    with pytest.raises(ConfigError, match=r"'c': kappa -1.0 must be >= 0"):
-        make({"c": {"kind": "learned", "kappa": -1.0}}, FakeClassifier())
+    with pytest.raises(ConfigError, match=r"'c': pessimism -1.0 must be >= 0"):
+        make({"c": {"kind": "learned", "pessimism": -1.0}}, FakeClassifier())
+    with pytest.raises(
+        ConfigError, match=r"'c': unknown field\(s\) \['kappa'\] for kind 'learned'"
+    ):
+        make({"c": {"kind": "learned", "kappa": 1.0}}, FakeClassifier())
     with pytest.raises(ConfigError, match=r"'c': unknown state name 'qvel.q'"):
         make({"c": {"kind": "learned", "inputs": ["qvel.x", "qvel.q"]}}, FakeClassifier())
     with pytest.raises(ConfigError, match=r"'c': `inputs` must list at least one state name"):
@@ -503,17 +509,168 @@ def test_learned_entry_rejects_exactly_what_the_real_classifier_flags(torch_gen)
     "task_name", ["inverted_pendulum", "reacher_keepout", "half_cheetah_safe", "hopper_safe"]
 )
 def test_oracle_set_rejects_exactly_the_hidden_unacceptable_states(task_name, rng):
-    from mbrm.imagination import OracleClassifier
+    from mbrm.imagination import HiddenRuleClassifier
 
     task = get_task(task_name)
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/oracle.yaml"))
-    assert cfg["oracle"] is True
     cs = ConstraintSet.from_config(
         cfg["entries"], layout=task.layout, action_dim=task.action_dim,
-        classifier=OracleClassifier(task), action_bounds=task.action_bounds,
+        classifier=HiddenRuleClassifier(task), action_bounds=task.action_bounds,
     )  # fmt: skip
     states = rng.uniform(-4.0, 4.0, size=(2000, 2, task.state_dim))  # [N, H+1, S], H = 1
     hidden = task.unacceptable(states[:, 1])
     assert 0 < hidden.sum() < len(hidden)  # both outcomes occur
     ev = cs.evaluate(torch.as_tensor(states), torch.zeros(2000, 1, task.action_dim))
     assert np.array_equal((ev.p_unacceptable[:, 0] > 0.5).numpy(), hidden)
+
+
+# --------------------------------------------------------------------------- the parsed spec
+
+
+def spec_of(entries, layout=LAYOUT, action_dim=2, action_bounds=None) -> ConstraintSpec:
+    return ConstraintSpec.from_config(
+        entries, layout=layout, action_dim=action_dim, action_bounds=action_bounds
+    )
+
+
+MIXED = {
+    "clf": {"kind": "learned", "alpha": 0.1},
+    "v": {"kind": "state_bounds", "dims": ["qvel.x"], "upper": 1.0},
+    "off": None,
+    "box": {"kind": "action_box", "low": -1.0, "high": 1.0},
+}
+
+
+def test_spec_builds_with_and_without_the_learned_entry():
+    spec = spec_of(MIXED)
+    assert spec.names == ("clf", "v", "box") and [e.name for e in spec.learned] == ["clf"]
+    clf = FakeClassifier(0.3)
+    full = spec.build(clf, include_learned=True)
+    hard = spec.build(None, include_learned=False)
+    assert full.names == make(MIXED, clf).names == ("clf", "v", "box")
+    assert hard.names == ("v", "box") and hard.learned == ()
+    assert full.learned[0].classifier is clf and full.learned[0].alpha == 0.1
+    assert full.entries[1] is hard.entries[0]  # parsed once, shared by every set
+    x = torch.tensor([[0.5, 0.0, 2.0], [0.1, 0.0, 0.0]])
+    assert torch.equal(full.evaluate(x).p_unacceptable, make(MIXED, clf).evaluate(x).p_unacceptable)
+    with pytest.raises(ConfigError, match=r"'clf': kind 'learned' needs a classifier"):
+        spec.build(None, include_learned=True)
+    with pytest.raises(ConfigError, match=r"'clf': object lacks predict"):
+        spec.build(object(), include_learned=True)
+
+
+def test_spec_validates_learned_entries_without_a_classifier():
+    with pytest.raises(ConfigError, match=r"'c': alpha 1.5 is outside \(0, 1\)"):
+        spec_of({"c": {"kind": "learned", "alpha": 1.5}})
+    with pytest.raises(ConfigError, match=r"the action constraints \['box', 'p'\]"):
+        spec_of(
+            {
+                "c": {"kind": "learned"},
+                "box": {"kind": "action_box", "low": -1.0, "high": 1.0},
+                "p": {"kind": "action_polytope", "A": [[1.0, 1.0]], "b": [-3.0]},
+            }
+        )
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_hidden_rule_entry_is_added_once_and_only_when_missing(as_list):
+    hard = {k: v for k, v in MIXED.items() if k != "clf"}
+    entries = [{"name": k, **v} for k, v in hard.items() if v] if as_list else hard
+    spec = spec_of(entries)
+    oracle = spec.with_hidden_learned_entry()
+    assert oracle.names == ("v", "box", "unacceptable (hidden rule)")
+    assert oracle.learned == (LearnedEntrySpec("unacceptable (hidden rule)"),)
+    assert oracle.with_hidden_learned_entry() is oracle
+    assert spec.names == ("v", "box")  # the spec itself is unchanged
+    configured = spec_of(MIXED)
+    assert configured.with_hidden_learned_entry() is configured
+    built = oracle.build(FakeClassifier(0.5), include_learned=True)
+    assert built.names == oracle.names and built.entries[:2] == spec.build(None, False).entries
+    with pytest.raises(ConfigError, match=r"\['v'\] are defined more than once"):
+        spec.with_hidden_learned_entry("v")
+
+
+@pytest.mark.parametrize("name", ["half_cheetah_safe", "none", "oracle"])
+@pytest.mark.parametrize(("oracle_baseline", "calibrated"), [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_spec_composes_the_sets_the_loop_composed_from_raw_entries(
+    name, oracle_baseline, calibrated
+):
+    task = get_task("half_cheetah_safe")
+    entries = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints" / f"{name}.yaml"))
+    entries = entries["entries"]
+    spec = ConstraintSpec.from_config(
+        entries, layout=task.layout, action_dim=6, action_bounds=task.action_bounds
+    )
+    if oracle_baseline:
+        spec = spec.with_hidden_learned_entry()
+    clf = FakeClassifier(0.5)
+    new = spec.build(clf, include_learned=bool(calibrated))
+    old = ConstraintSet.from_config(
+        _old_entries(entries, oracle_baseline, calibrated),
+        layout=task.layout,
+        action_dim=6,
+        classifier=clf,
+        action_bounds=task.action_bounds,
+    )
+    assert new.names == old.names
+    assert [type(e) for e in new.entries] == [type(e) for e in old.entries]
+    s = torch.randn(3, 5, 18, generator=torch.Generator().manual_seed(0)) * 3.0
+    a = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(new.evaluate(s, a).p_unacceptable, old.evaluate(s, a).p_unacceptable)
+
+
+def _old_entries(entries, oracle_baseline, calibrated) -> dict:
+    """How the training loop edited the raw entries before there was a spec."""
+    entries = {k: v for k, v in entries.items() if v is not None}
+    if oracle_baseline and "learned" not in [e.get("kind") for e in entries.values()]:
+        entries = {**entries, "unacceptable (hidden rule)": {"kind": "learned"}}
+    if not calibrated:
+        entries = {k: v for k, v in entries.items() if v.get("kind") != "learned"}
+    return entries
+
+
+# --------------------------------------------------------------------------- the shared classifier
+
+
+def test_learned_alpha_is_shared_by_every_learned_entry():
+    assert spec_of({}).learned_alpha() is None
+    assert spec_of({"c": {"kind": "learned"}}).learned_alpha() is None
+    two = {"c": {"kind": "learned", "alpha": 0.1}, "d": {"kind": "learned", "alpha": 0.1}}
+    assert spec_of(two).learned_alpha() == 0.1
+    fixed = {"c": {"kind": "learned", "alpha": 0.1}, "d": {"kind": "learned", "threshold": 0.4}}
+    assert spec_of(fixed).learned_alpha() == 0.1
+    two["d"] = {"kind": "learned", "alpha": 0.2}
+    with pytest.raises(
+        ConfigError,
+        match=r"different alpha \{'c': 0.1, 'd': 0.2\}: one classifier serves them all; "
+        r"give them the same alpha or a fixed `threshold`",
+    ):
+        spec_of(two)
+
+
+def test_inputs_narrow_the_classifier_mask_to_listed_state_names():
+    layout = StateLayout(("qpos.x", "qvel.x", "qvel.y"), nq=1, nv=2, excluded=(0,), dt=0.1)
+    everything = spec_of({"c": {"kind": "learned"}}, layout)
+    assert everything.learned_inputs() is None
+    assert everything.classifier_input_mask().tolist() == [False, True, True]
+    assert spec_of({}, layout).classifier_input_mask().tolist() == [False, True, True]
+    narrowed = spec_of({"c": {"kind": "learned", "inputs": ["qpos.x", "qvel.y"]}}, layout)
+    assert narrowed.learned_inputs() == ("qpos.x", "qvel.y")
+    assert narrowed.classifier_input_mask().tolist() == [False, False, True]
+    with pytest.raises(ConfigError, match=r"'c': inputs \['qpos.x'\] are all excluded"):
+        spec_of({"c": {"kind": "learned", "inputs": ["qpos.x"]}}, layout)
+    with pytest.raises(ConfigError, match=r"'c': unknown state name 'qvel.q'; valid names"):
+        spec_of({"c": {"kind": "learned", "inputs": ["qvel.q"]}}, layout)
+    with pytest.raises(ConfigError, match=r"'c': `inputs` must list at least one state name"):
+        spec_of({"c": {"kind": "learned", "inputs": []}}, layout)
+    conflict = {
+        "c": {"kind": "learned", "inputs": ["qvel.x"]},
+        "d": {"kind": "learned", "inputs": ["qvel.y"]},
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"different inputs \{'c': \['qvel.x'\], 'd': \['qvel.y'\]\}.*give them the same inputs",
+    ):
+        spec_of(conflict, layout)
+    conflict["d"] = {"kind": "learned", "inputs": ["qvel.x"]}
+    assert spec_of(conflict, layout).classifier_input_mask().tolist() == [False, True, False]
