@@ -23,16 +23,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mbrm.ensemble_training import EnsembleTrainer
 from mbrm.nn import (
     DerivedFeature,
     EnsembleMLP,
     Normalizer,
     StateFeatures,
-    bootstrap_indices,
     config_mismatch,
     inference_copy,
     member_mean_std,
-    minibatches,
     resolve_dtype,
     row_slices,
 )
@@ -179,8 +178,9 @@ class ConstraintClassifier:
         )
         if self.net.state_features.derived:  # absent from older checkpoints' configs
             self._config["derived"] = self.net.state_features.derived_names
-        self.optimizer = torch.optim.AdamW(
-            self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
+        # Adam's moments carry over from one fit to the next (and into checkpoints).
+        self.trainer = EnsembleTrainer(
+            self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay, keep_optimizer=True
         )
         self.calibration: Calibration | None = None
         self._inference: dict[torch.dtype, _ClassifierNet] = {}
@@ -231,24 +231,22 @@ class ConstraintClassifier:
         pos_w, neg_w = len(y) / (2 * n_pos), len(y) / (2 * n_neg)
         weight = torch.where(y, pos_w, neg_w)  # [M]
 
-        boot = bootstrap_indices(len(y), self.ensemble_size, generator)  # [E, M]
-        history: list[float] = []
-        self.net.train()
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for idx in minibatches(boot, batch_size, generator):  # [E, b]
-                logits = self.net.logits(x[idx])  # [E, b]
-                loss = F.binary_cross_entropy_with_logits(logits, target[idx], weight=weight[idx])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += loss.item() * idx.shape[1]
-                count += idx.shape[1]
-            history.append(total / count)
-            if not math.isfinite(history[-1]):
-                raise FloatingPointError(f"classifier loss became {history[-1]} while fitting")
-        self.net.eval()
-        return ClassifierFitReport(len(y), n_pos, pos_w, neg_w, history)
+        def balanced_bce(idx: torch.Tensor) -> torch.Tensor:  # idx [E, b]
+            logits = self.net.logits(x[idx])  # [E, b]
+            return F.binary_cross_entropy_with_logits(logits, target[idx], weight=weight[idx])
+
+        result = self.trainer.fit(
+            self.net,
+            balanced_bce,
+            rows=len(y),
+            ensemble_size=self.ensemble_size,
+            generator=generator,
+            epochs=epochs,
+            batch_size=batch_size,
+            loss_average="rows",
+            nonfinite_loss_name="classifier loss",
+        )
+        return ClassifierFitReport(len(y), n_pos, pos_w, neg_w, result.epoch_loss)
 
     # ------------------------------------------------------------------ inference
 
@@ -383,7 +381,7 @@ class ConstraintClassifier:
         return {
             "config": dict(self._config),
             "net": {k: v.clone() for k, v in self.net.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.trainer.optimizer.state_dict(),
             "calibration": None if cal is None else dict(cal.__dict__),
         }
 
@@ -396,7 +394,7 @@ class ConstraintClassifier:
         if diff:
             raise ValueError(f"classifier state does not match this model: {diff} (saved, here)")
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
         cal = state["calibration"]
         self.calibration = None if cal is None else Calibration(**cal)
         self._inference.clear()

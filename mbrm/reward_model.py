@@ -18,104 +18,40 @@ planner sees stable across refits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
-from torch import nn
 from torch.nn import functional as F
 
-from mbrm.feedback.segments import Preference, Segment
+from mbrm.ensemble_training import EnsembleTrainer
+from mbrm.feedback.segments import Segment
 from mbrm.nn import (
     DerivedFeature,
-    EnsembleMLP,
-    Normalizer,
-    StateFeatures,
-    bootstrap_indices,
     config_mismatch,
     inference_copy,
     member_mean_std,
-    minibatches,
     resolve_dtype,
     row_slices,
 )
+from mbrm.preference_pairs import (
+    PairTensors,
+    PreferencePair,
+    bradley_terry_logits,
+    usable_pairs,
+)
+from mbrm.reward_metrics import preference_accuracy, reward_spearman
+from mbrm.reward_net import RewardNet, input_mask_or_all
 
-if TYPE_CHECKING:
-    from mbrm.tasks import Task
-
-PreferencePair = tuple[Segment, Segment, Preference]
-
-
-def _mask_or_all(input_mask: np.ndarray | None, state_dim: int) -> np.ndarray:
-    if input_mask is None:
-        return np.ones(state_dim, dtype=bool)
-    mask = np.asarray(input_mask)
-    if mask.dtype != bool or mask.shape != (state_dim,):
-        raise ValueError(
-            f"input_mask must be a boolean array of shape ({state_dim},), "
-            f"got dtype {mask.dtype} and shape {mask.shape}"
-        )
-    if not mask.any():
-        raise ValueError("input_mask selects no state dimension")
-    return mask.copy()
-
-
-class _RewardNet(nn.Module):
-    """Input selection, input normaliser, ensemble MLP and per-member output scaling.
-
-    One module so that :func:`mbrm.nn.inference_copy` copies all of it at once.
-    """
-
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        input_mask: np.ndarray,
-        periodic_mask: np.ndarray | None,
-        derived: Sequence[DerivedFeature],
-        ensemble_size: int,
-        hidden: int,
-        layers: int,
-        activation: str,
-        generator: torch.Generator,
-    ) -> None:
-        super().__init__()
-        self.state_dim = state_dim
-        self.action_dim = action_dim
-        self.state_features = StateFeatures(input_mask, periodic_mask, derived)
-        in_dim = self.state_features.out_dim + action_dim
-        self.normalizer = Normalizer(in_dim)
-        self.mlp = EnsembleMLP(
-            ensemble_size,
-            in_dim,
-            1,
-            hidden=hidden,
-            layers=layers,
-            activation=activation,
-            generator=generator,
-        )
-        # Per-member affine map from the Bradley-Terry scale to the planning scale.
-        self.register_buffer("out_shift", torch.zeros(ensemble_size))  # [E]
-        self.register_buffer("out_scale", torch.ones(ensemble_size))  # [E]
-
-    def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """states [B, S], actions [B, A] -> normalised inputs [B, in] (float32)."""
-        x = torch.cat([self.state_features(states.float()), actions.float()], dim=-1)
-        return self.normalizer(x)
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-member Bradley-Terry-scale rewards: x [E, B, in] or [B, in] -> [E, B]."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
-        return self.mlp(x).squeeze(-1).float()
-
-    def scaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-member standardised rewards [E, B]."""
-        return (self.raw(x) - self.out_shift[:, None]) / self.out_scale[:, None]
+__all__ = [
+    "PreferencePair",
+    "RewardEnsemble",
+    "RewardFitReport",
+    "preference_accuracy",
+    "reward_spearman",
+]
 
 
 @dataclass(frozen=True)
@@ -138,17 +74,6 @@ class RewardFitReport:
     loss_history: list[float]
     train_accuracy: float
     out_scale: list[float]
-
-
-@dataclass(frozen=True)
-class _PairTensors:
-    """Pairs padded to a common length. left/right: [N, T, in]; masks [N, T]; target [N]."""
-
-    left: torch.Tensor
-    right: torch.Tensor
-    left_mask: torch.Tensor
-    right_mask: torch.Tensor
-    target: torch.Tensor
 
 
 class RewardEnsemble:
@@ -196,7 +121,7 @@ class RewardEnsemble:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.state_dim = state_dim
         self.action_dim = action_dim
-        self.input_mask = _mask_or_all(input_mask, state_dim)
+        self.input_mask = input_mask_or_all(input_mask, state_dim)
         self.state = state
         self.ensemble_size = ensemble_size
         self.lr = lr
@@ -215,7 +140,7 @@ class RewardEnsemble:
             "state": state,
         }
         init_gen = torch.Generator().manual_seed(int(seed))
-        self.net = _RewardNet(
+        self.net = RewardNet(
             state_dim,
             action_dim,
             self.input_mask,
@@ -229,11 +154,12 @@ class RewardEnsemble:
         )
         if self.net.state_features.derived:  # absent from older checkpoints' configs
             self._config["derived"] = self.net.state_features.derived_names
-        self.optimizer = torch.optim.AdamW(
-            self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay
+        # Adam's moments carry over from one fit to the next (and into checkpoints).
+        self.trainer = EnsembleTrainer(
+            self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay, keep_optimizer=True
         )
         self.fitted = False
-        self._inference: dict[torch.dtype, _RewardNet] = {}
+        self._inference: dict[torch.dtype, RewardNet] = {}
 
     # ------------------------------------------------------------------ data
 
@@ -283,25 +209,16 @@ class RewardEnsemble:
     ) -> RewardFitReport:
         """Fit every member on its bootstrap resample of ``pairs`` (Christiano et al. 2017, 2.2.3).
 
-        Training continues from the current weights (warm start) with the input
-        normaliser refitted on the new data; the output scale is recomputed at the
-        end. Pairs answered ``CANNOT_TELL`` are excluded, ``EQUAL`` is a 0.5 target.
+        Refit on all feedback so far, as the reward model of Leike et al. 2018
+        (Sec. 5.2). Training continues from the current weights and Adam moments
+        (warm start) with the input normaliser refitted on the new data; the output
+        scale is recomputed at the end. Pairs answered ``CANNOT_TELL`` are
+        excluded, ``EQUAL`` is a 0.5 target.
         """
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-        used = []
-        for i, (left, right, pref) in enumerate(pairs):
-            pref = Preference(pref)
-            if not isinstance(left, Segment) or not isinstance(right, Segment):
-                raise TypeError(f"pair {i} must hold two Segments, got {type(left)}, {type(right)}")
-            if pref.target is not None:
-                used.append((left, right, pref))
+        used = usable_pairs(pairs)
         n_excluded = len(pairs) - len(used)
-        if not used:
-            raise ValueError(
-                f"no usable preference among {len(pairs)} pairs "
-                "(the list is empty or every answer is 'cannot tell')"
-            )
         self._inference.clear()
 
         left_raw, left_mask = self._pad([p[0] for p in used])
@@ -311,7 +228,7 @@ class RewardEnsemble:
             [self.net.state_features(valid[:, : self.state_dim]), valid[:, self.state_dim :]], 1
         )
         self.net.normalizer.fit(all_inputs)
-        data = _PairTensors(
+        data = PairTensors(
             left=self._features(left_raw, left_mask),
             right=self._features(right_raw, right_mask),
             left_mask=left_mask,
@@ -319,24 +236,23 @@ class RewardEnsemble:
             target=torch.tensor([p[2].target for p in used], dtype=torch.float32),
         )
 
+        def bradley_terry(idx: torch.Tensor) -> torch.Tensor:  # idx [E, b]
+            return F.binary_cross_entropy_with_logits(
+                bradley_terry_logits(self.net.raw, data, idx), data.target[idx]
+            )
+
         E, N = self.ensemble_size, len(used)
-        boot = bootstrap_indices(N, E, generator)  # [E, N]
-        history: list[float] = []
-        self.net.train()
-        for _ in range(epochs):
-            total, count = 0.0, 0
-            for idx in minibatches(boot, batch_size, generator):  # idx [E, b]
-                logits = self._logits(data, idx)  # [E, b]
-                loss = F.binary_cross_entropy_with_logits(logits, data.target[idx])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += loss.item() * idx.shape[1]
-                count += idx.shape[1]
-            history.append(total / count)
-            if not math.isfinite(history[-1]):
-                raise FloatingPointError(f"Bradley-Terry loss became {history[-1]} while fitting")
-        self.net.eval()
+        history = self.trainer.fit(
+            self.net,
+            bradley_terry,
+            rows=N,
+            ensemble_size=E,
+            generator=generator,
+            epochs=epochs,
+            batch_size=batch_size,
+            loss_average="rows",
+            nonfinite_loss_name="Bradley-Terry loss",
+        ).epoch_loss
 
         with torch.no_grad():
             # Output normalisation on the (unique) training steps, per member.
@@ -345,7 +261,7 @@ class RewardEnsemble:
             self.net.out_shift.copy_(raw.mean(1))
             self.net.out_scale.copy_(raw.std(1, unbiased=False).clamp_min(1e-6))
             every = torch.arange(N).expand(E, N)
-            logits = self._logits(data, every).mean(0)  # [N]
+            logits = bradley_terry_logits(self.net.raw, data, every).mean(0)  # [N]
         strict = data.target != 0.5
         agree = (logits[strict] > 0) == (data.target[strict] > 0.5)
         self.fitted = True
@@ -359,21 +275,9 @@ class RewardEnsemble:
             out_scale=self.net.out_scale.tolist(),
         )
 
-    def _logits(self, data: _PairTensors, idx: torch.Tensor) -> torch.Tensor:
-        """Bradley-Terry logits R_left - R_right per member: idx [E, b] -> [E, b]."""
-        E, b = idx.shape
-        T_l, T_r = data.left.shape[1], data.right.shape[1]
-        x = torch.cat(
-            [data.left[idx].reshape(E, b * T_l, -1), data.right[idx].reshape(E, b * T_r, -1)], 1
-        )
-        r = self.net.raw(x)  # [E, b*(T_l+T_r)]
-        r_left = (r[:, : b * T_l].reshape(E, b, T_l) * data.left_mask[idx]).sum(-1)
-        r_right = (r[:, b * T_l :].reshape(E, b, T_r) * data.right_mask[idx]).sum(-1)
-        return r_left - r_right
-
     # ------------------------------------------------------------------ inference
 
-    def _inference_net(self, dtype: str | torch.dtype) -> _RewardNet:
+    def _inference_net(self, dtype: str | torch.dtype) -> RewardNet:
         dt = resolve_dtype(dtype)
         if dt not in self._inference:
             self._inference[dt] = inference_copy(self.net, dt)  # type: ignore[assignment]
@@ -467,7 +371,7 @@ class RewardEnsemble:
         return {
             "config": dict(self._config),
             "net": {k: v.clone() for k, v in self.net.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.trainer.optimizer.state_dict(),
             "fitted": self.fitted,
         }
 
@@ -482,69 +386,6 @@ class RewardEnsemble:
                 f"reward-ensemble state does not match this model: {diff} (saved, here)"
             )
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
         self.fitted = bool(state["fitted"])
         self._inference.clear()
-
-
-# ---------------------------------------------------------------------- evaluation
-
-
-def preference_accuracy(model: RewardEnsemble, pairs: Sequence[PreferencePair]) -> float:
-    """Fraction of strict (left/right) preferences whose order the ensemble-mean return agrees with.
-
-    The return is the sum of :meth:`RewardEnsemble.predict` means over the segment,
-    the quantity a planner maximises. Ties and "cannot tell" are not counted; an
-    exact predicted tie counts as wrong.
-    """
-    correct, total = 0, 0
-    for left, right, pref in pairs:
-        pref = Preference(pref)
-        if pref not in (Preference.LEFT, Preference.RIGHT):
-            continue
-        r_left = model.predict(left.states[:-1], left.actions, left.states[1:])[0].sum()
-        r_right = model.predict(right.states[:-1], right.actions, right.states[1:])[0].sum()
-        says_left = bool(r_left > r_right)
-        says_right = bool(r_right > r_left)
-        correct += says_left if pref is Preference.LEFT else says_right
-        total += 1
-    if total == 0:
-        raise ValueError("preference_accuracy needs at least one strict (left/right) preference")
-    return correct / total
-
-
-def reward_spearman(
-    model: RewardEnsemble,
-    task: Task,
-    states: np.ndarray,
-    actions: np.ndarray,
-    next_states: np.ndarray,
-) -> float:
-    """Spearman rank correlation of the learned mean reward with ``task.true_reward(s, a, s')``.
-
-    states [N, S], actions [N, A], next_states [N, S]: held-out transitions. Leike
-    et al. 2018, Sec. 5.9: testing the reward model against held-out ground truth.
-    """
-    states, actions, next_states = (
-        np.asarray(x, dtype=np.float64) for x in (states, actions, next_states)
-    )
-    if (
-        states.ndim != 2
-        or states.shape != next_states.shape
-        or actions.shape[:1] != states.shape[:1]
-    ):
-        raise ValueError(
-            f"reward_spearman expects states [N, S], actions [N, A], next_states [N, S]; "
-            f"got {states.shape}, {actions.shape}, {next_states.shape}"
-        )
-    if states.shape[0] < 3:
-        raise ValueError(f"reward_spearman needs at least 3 transitions, got {states.shape[0]}")
-    true = task.true_reward(states, actions, next_states)
-    if np.ptp(true) == 0:
-        raise ValueError("the true reward is constant on these transitions; Spearman is undefined")
-    pred = model.predict(states, actions, next_states)[0].numpy()
-    if np.ptp(pred) == 0:
-        raise ValueError(
-            "the learned reward is constant on these transitions; Spearman is undefined"
-        )
-    return float(spearmanr(pred, true).statistic)

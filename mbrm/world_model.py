@@ -14,15 +14,14 @@ Positions that do not change the dynamics (a root x position) are not network
 inputs (``input_mask``); their deltas are still predicted, so the model
 generalises to places the agent has not been.
 
-Training holds out part of the data, stops early when no member improves its
-held-out error, restores each member's best weights, and keeps the members with
-the lowest held-out error as elites; only elites are used for imagination.
+Training (:mod:`mbrm.ensemble_training`) holds out part of the data, stops early
+when no member improves its held-out error, restores each member's best weights,
+and keeps the members with the lowest held-out error as elites; only elites are
+used for imagination.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,14 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mbrm.ensemble_training import EarlyStopping, EnsembleTrainer, TrainingResult, holdout_split
 from mbrm.nn import (
     EnsembleMLP,
     Normalizer,
     StateFeatures,
-    bootstrap_indices,
     inference_copy,
     make_generator,
-    minibatches,
     resolve_dtype,
 )
 
@@ -107,6 +105,9 @@ class WorldModel(nn.Module):
         self.target_norm = Normalizer(state_dim)
         self.register_buffer("elite_idx", torch.arange(elites, dtype=torch.long))
         self._infer_cache: dict[torch.dtype, EnsembleMLP] = {}
+        self.trainer = EnsembleTrainer(
+            self.parameters(), lr=lr, weight_decay=weight_decay, keep_optimizer=False
+        )
 
     # ------------------------------------------------------------------ network pieces
 
@@ -145,7 +146,8 @@ class WorldModel(nn.Module):
         """Fit on transitions (s, a, s') with Gaussian NLL, bootstrap and early stopping.
 
         Normalisers are refit on the data each call; weights continue from their
-        current values (warm start), as in PETS' iterative refitting.
+        current values (warm start), as in PETS' iterative refitting, with a
+        fresh optimiser each call.
         """
         import time
 
@@ -169,60 +171,59 @@ class WorldModel(nn.Module):
         raw_in = torch.cat([self.features(s), a], dim=-1)
         delta = s2 - s
 
-        perm = torch.randperm(n, generator=generator)
-        n_hold = min(max(int(n * holdout_ratio), 1), max_holdout)
-        hold, train = perm[:n_hold], perm[n_hold:]
+        hold, train = holdout_split(n, holdout_ratio, max_holdout, generator)
         self.input_norm.fit(raw_in[train])
         self.target_norm.fit(delta[train])
         x_all, y_all = self.input_norm(raw_in), self.target_norm(delta)
         x_hold, y_hold = x_all[hold], y_all[hold]
 
-        boot = train[bootstrap_indices(len(train), self.ensemble_size, generator)]  # [E, n_train]
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        best = torch.full((self.ensemble_size,), math.inf)
-        best_state = copy.deepcopy(self.state_dict())
-        report = WorldModelFitReport(epochs=0)
-        stale = 0
-        bar = tqdm(range(max_epochs), desc="world model", disable=not progress, leave=False)
-        for _epoch in bar:
-            self.train()
-            losses = []
-            for idx in minibatches(boot, batch_size, generator):
-                mean, logvar = self(x_all[idx])  # [E, b, S]
-                inv_var = torch.exp(-logvar)
-                nll = (((mean - y_all[idx]) ** 2) * inv_var + logvar).mean()
-                loss = nll + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(nll.item())
-            mse = self._holdout_mse(x_hold, y_hold)  # [E]
-            improved = mse < best * (1 - 1e-3)  # relative improvement; best starts at inf
-            if improved.any():
-                sd = self.state_dict()
-                for k, v in sd.items():
-                    if k.startswith("net.") and v.dim() >= 1 and v.shape[0] == self.ensemble_size:
-                        best_state[k][improved] = v[improved].clone()
-                    elif not k.startswith("net."):
-                        best_state[k] = v.clone()
-                best = torch.where(improved, mse, best)
-                stale = 0
-            else:
-                stale += 1
-            report.epochs += 1
-            report.train_nll.append(float(np.mean(losses)))
-            report.holdout_mse.append(float(mse.sort().values[: self.num_elites].mean()))
-            bar.set_postfix(nll=f"{report.train_nll[-1]:.3f}", mse=f"{report.holdout_mse[-1]:.4f}")
-            if stale >= patience:
-                break
-        self.load_state_dict(best_state)
+        def nll(idx: torch.Tensor) -> torch.Tensor:  # idx [E, b]
+            mean, logvar = self(x_all[idx])  # [E, b, S]
+            inv_var = torch.exp(-logvar)
+            return (((mean - y_all[idx]) ** 2) * inv_var + logvar).mean()
+
+        def logvar_bound_penalty() -> torch.Tensor:  # keeps the soft bounds tight (PETS A.1)
+            return 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+        bar = tqdm(total=max_epochs, desc="world model", disable=not progress, leave=False)
+
+        def show(so_far: TrainingResult) -> None:
+            bar.update()
+            mse = self._elite_mse(so_far.holdout_error[-1])
+            bar.set_postfix(nll=f"{so_far.epoch_loss[-1]:.3f}", mse=f"{mse:.4f}")
+
+        result = self.trainer.fit(
+            self,
+            nll,
+            rows=train,
+            ensemble_size=self.ensemble_size,
+            generator=generator,
+            epochs=max_epochs,
+            batch_size=batch_size,
+            penalty=logvar_bound_penalty,
+            loss_average="batches",
+            early_stopping=EarlyStopping(
+                lambda: self._holdout_mse(x_hold, y_hold), patience=patience, member_prefix="net."
+            ),
+            on_epoch=show,
+        )
+        bar.close()
+        best = result.best_holdout_error
+        assert best is not None
         self.elite_idx.copy_(torch.argsort(best)[: self.num_elites])
         self._infer_cache.clear()
-        self.eval()
-        report.best_holdout_mse = best.tolist()
-        report.elites = self.elite_idx.tolist()
-        report.seconds = time.perf_counter() - t0
-        return report
+        return WorldModelFitReport(
+            epochs=result.epochs,
+            train_nll=result.epoch_loss,
+            holdout_mse=[self._elite_mse(mse) for mse in result.holdout_error],
+            best_holdout_mse=best.tolist(),
+            elites=self.elite_idx.tolist(),
+            seconds=time.perf_counter() - t0,
+        )
+
+    def _elite_mse(self, mse: torch.Tensor) -> float:
+        """Mean of the ``elites`` lowest per-member held-out errors [E]."""
+        return float(mse.sort().values[: self.num_elites].mean())
 
     @torch.no_grad()
     def _holdout_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
