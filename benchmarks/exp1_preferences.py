@@ -10,7 +10,7 @@ teacher's unacceptable-outcome labels. Measured per task over seeds:
 - the labels used (preferences + unacceptable judgements) and the environment steps;
 - unacceptable steps in evaluation and during training;
 - with ``--oracle-mode``, also against separate oracle-mode runs
-  (``reward_model=oracle constraints.oracle=true``: the hidden reward and rule from
+  (``reward_model=oracle constraints.kind=hidden_rule``: the hidden reward and rule from
   the start with the task's hard entries kept, so a world model trained on the
   oracle's own data, at the same number of environment steps): ``(R - R_random) / (R_oracle_mode - R_random)``, seed by seed.
 
@@ -46,7 +46,7 @@ STEM = "exp1_preferences"
 
 # The hidden reward and rule, with the task's own hard entries kept (``constraints=oracle``
 # would also drop e.g. reacher's joint-speed bounds, a less constrained planner).
-ORACLE_MODE = ("reward_model=oracle", "constraints.oracle=true")
+ORACLE_MODE = ("reward_model=oracle", "constraints.kind=hidden_rule")
 
 
 def variants(tasks: list[str], oracle_mode: bool = False) -> list[sw.Variant]:

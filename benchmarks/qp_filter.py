@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from constraints.entries import StateBoundsEntry
 from constraints.qp_filter import SOLVERS, QPFilter
-from constraints.sets import ConstraintSet
+from constraints.spec import constraint_set
 from mbrm.tasks import get_task
 from mbrm.world_model import WorldModel
 
@@ -149,7 +149,7 @@ def main() -> None:
           f"torch threads=1; median / p95")  # fmt: skip
     for extra in (False, True):
         entries = centred_bounds(constraint_entries(task, extra), task, model, states, plans)
-        cs = ConstraintSet.from_config(
+        cs = constraint_set(
             entries, layout=task.layout, action_dim=task.action_dim,
             action_bounds=task.action_bounds,
         )  # fmt: skip

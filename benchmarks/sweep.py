@@ -291,11 +291,10 @@ class Sweep:
 
     def compose(self, variant: Variant, seed: int | None = None) -> Any:
         """The configuration a run of ``variant`` gets (no run is started)."""
-        from hydra import compose, initialize_config_dir
+        from mbrm.run import compose_config
 
         extra = [] if seed is None else [f"seed={seed}"]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[*DEMO_OVERRIDES, *self.overrides(variant), *extra])
+        return compose_config([*DEMO_OVERRIDES, *self.overrides(variant), *extra])
 
     def _finished(self, variant: Variant, seed: int) -> bool:
         """A finished run of these overrides and seed whose configuration is still the

@@ -5,7 +5,7 @@ Public API:
 * :class:`ConstraintSpec` (``from_config``, ``build``, ``with_hidden_learned_entry``,
   ``learned_alpha``, ``learned_inputs``, ``classifier_input_mask``): a run's parsed
   and validated constraint entries; :class:`ConfigError` for bad configuration.
-* :class:`ConstraintSet` (``from_config``, ``evaluate``, ``linear_rows``) and its
+* :func:`constraint_set` (parse and build in one call); :class:`ConstraintSet` (``evaluate``, ``linear_rows``) and its
   :class:`ConstraintEvaluation` and :class:`LinearRows`.
 * The entries: :class:`LearnedEntry` (configured as a :class:`LearnedEntrySpec`),
   :class:`StateBoundsEntry`, :class:`LinearEntry`, :class:`ActionBoxEntry`,
@@ -24,7 +24,7 @@ from constraints.entries import (
 )
 from constraints.qp_filter import FilterResult, QPFilter
 from constraints.sets import ConfigError, ConstraintEvaluation, ConstraintSet, LinearRows
-from constraints.spec import ConstraintSpec
+from constraints.spec import ConstraintSpec, constraint_set
 
 __all__ = [
     "ActionBoxEntry",
@@ -41,4 +41,5 @@ __all__ = [
     "LinearRows",
     "QPFilter",
     "StateBoundsEntry",
+    "constraint_set",
 ]

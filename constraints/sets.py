@@ -15,7 +15,6 @@ also linear inequalities (:class:`LinearRows`) for the QP safety filter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,6 @@ from constraints.entries import (
     LinearEntry,
     StateBoundsEntry,
 )
-from mbrm.tasks import StateLayout
 
 __all__ = [
     "ActionBoxEntry",
@@ -158,28 +156,6 @@ class ConstraintSet:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    @classmethod
-    def from_config(
-        cls,
-        entries: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None],
-        *,
-        layout: StateLayout,
-        action_dim: int,
-        classifier: Classifier | None = None,
-        action_bounds: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> ConstraintSet:
-        """Parse ``entries`` and build the set with every entry, learned ones included.
-
-        A shortcut for ``ConstraintSpec.from_config(...).build(classifier, True)``;
-        see :meth:`constraints.spec.ConstraintSpec.from_config` for the arguments.
-        """
-        from constraints.spec import ConstraintSpec  # the spec builds on this module
-
-        spec = ConstraintSpec.from_config(
-            entries, layout=layout, action_dim=action_dim, action_bounds=action_bounds
-        )
-        return spec.build(classifier, include_learned=True)
 
     # ---- evaluation
 

@@ -173,3 +173,19 @@ class ConstraintSpec:
                 f"serves them all; {fix}"
             )
         return next(iter(values.values()), None)
+
+
+def constraint_set(
+    entries: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any] | None],
+    *,
+    layout: StateLayout,
+    action_dim: int,
+    classifier: Classifier | None = None,
+    action_bounds: tuple[Any, Any] | None = None,
+) -> ConstraintSet:
+    """Parse ``entries`` and build the set with every entry, learned ones included:
+    ``ConstraintSpec.from_config(...).build(classifier, include_learned=True)``."""
+    spec = ConstraintSpec.from_config(
+        entries, layout=layout, action_dim=action_dim, action_bounds=action_bounds
+    )
+    return spec.build(classifier, include_learned=True)

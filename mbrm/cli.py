@@ -108,15 +108,9 @@ def _first_of_sweeps(overrides: list[str]) -> list[str]:
 def compose_checked(overrides: list[str]) -> Any:
     """Compose ``config`` with ``overrides`` and check every value; raises on the first
     unknown key, wrong type or value out of range. Creates no file or folder."""
-    from hydra import compose, initialize_config_dir
+    from mbrm.run import compose_config, run_settings
 
-    from mbrm.resources import config_dir, register_resolvers
-    from mbrm.run import register_schemas, run_settings
-
-    register_resolvers()
-    register_schemas()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     run_settings(cfg)
     return cfg
 

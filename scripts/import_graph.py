@@ -40,14 +40,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mbrm.imagination",
             "mbrm.solicit",
             "mbrm.synthesis",
-            "mbrm.solicitation",
             "mbrm.episodes",
             "mbrm.calibration",
             "mbrm.evaluation",
-            "mbrm.checkpoint",
             "mbrm.rundir",
-            "mbrm.run_dir",
-            "mbrm.training",
+            "mbrm.parts",
+            "mbrm.settings",
         ),
     ),
     (
@@ -57,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mbrm.reward_*",
             "mbrm.feedback",
             "mbrm.replay",
+            "mbrm.checkpoint",
             "mbrm.preference_pairs",
             "mbrm.ensemble",
             "mbrm.ensemble_training",
@@ -64,7 +63,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("search", ("planners",)),
-    ("base", ("mbrm.nn", "mbrm.tasks")),
+    ("base", ("mbrm.nn", "mbrm.tasks", "mbrm.resources")),
 )
 
 # Which layers each layer may import from (its own included).

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from constraints.entries import LearnedEntrySpec
 from constraints.sets import ConfigError, ConstraintSet
-from constraints.spec import ConstraintSpec
+from constraints.spec import ConstraintSpec, constraint_set
 from mbrm.tasks import StateLayout, get_task
 from planners.base import ImaginedBatch
 
@@ -33,7 +33,7 @@ class FakeClassifier:
 
 
 def make(entries, classifier=None, action_dim=2, action_bounds=None) -> ConstraintSet:
-    return ConstraintSet.from_config(
+    return constraint_set(
         entries,
         layout=LAYOUT,
         action_dim=action_dim,
@@ -423,7 +423,7 @@ def test_more_bad_configurations():
 def test_every_task_set_builds_against_its_task(task_name):
     task = get_task(task_name)
     entries = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints" / f"{task_name}.yaml"))
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         entries["entries"],
         layout=task.layout,
         action_dim=task.action_dim,
@@ -441,7 +441,7 @@ def test_every_task_set_builds_against_its_task(task_name):
 def test_half_cheetah_speed_bound_blocks_the_hidden_speed_limit():
     task = get_task("half_cheetah_safe")
     entries = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/half_cheetah_safe.yaml"))
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         entries["entries"],
         layout=task.layout,
         action_dim=6,
@@ -471,12 +471,10 @@ def test_hydra_group_selection_override_add_and_remove():
         none = compose(overrides=["+constraints=none"])
     task = get_task("half_cheetah_safe")
     entries = OmegaConf.to_container(cfg.constraints.entries)
-    cs = ConstraintSet.from_config(
-        entries, layout=task.layout, action_dim=6, action_bounds=task.action_bounds
-    )
+    cs = constraint_set(entries, layout=task.layout, action_dim=6, action_bounds=task.action_bounds)
     assert cs.names == ("speed", "box", "slow")
     assert cs.entries[0].upper.tolist() == [3.0]
-    empty = ConstraintSet.from_config(
+    empty = constraint_set(
         OmegaConf.to_container(none.constraints.entries), layout=task.layout, action_dim=6
     )
     assert len(empty) == 0
@@ -488,7 +486,7 @@ def test_learned_entry_rejects_exactly_what_the_real_classifier_flags(torch_gen)
     task = get_task("half_cheetah_safe")
     clf = ConstraintClassifier(task.state_dim, input_mask=task.layout.input_mask, seed=0)
     entries = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/half_cheetah_safe.yaml"))
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         entries["entries"], layout=task.layout, action_dim=6, classifier=clf,
         action_bounds=task.action_bounds,
     )  # fmt: skip
@@ -513,7 +511,7 @@ def test_oracle_set_rejects_exactly_the_hidden_unacceptable_states(task_name, rn
 
     task = get_task(task_name)
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "constraints/oracle.yaml"))
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         cfg["entries"], layout=task.layout, action_dim=task.action_dim,
         classifier=HiddenRuleClassifier(task), action_bounds=task.action_bounds,
     )  # fmt: skip
@@ -605,7 +603,7 @@ def test_spec_composes_the_sets_the_loop_composed_from_raw_entries(
         spec = spec.with_hidden_learned_entry()
     clf = FakeClassifier(0.5)
     new = spec.build(clf, include_learned=bool(calibrated))
-    old = ConstraintSet.from_config(
+    old = constraint_set(
         _old_entries(entries, oracle_baseline, calibrated),
         layout=task.layout,
         action_dim=6,

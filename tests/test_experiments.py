@@ -152,7 +152,7 @@ def test_command_and_smoke_sizes_follow_the_planner():
         "hydra.sweep.subdir=reacher_keepout/mcts_fast/seed_${seed}",
     ]
     assert "hydra.launcher.n_jobs=2" in cmd
-    assert sweep.compose(mcts).planner._target_ == "planners.mcts.MCTSPlanner"
+    assert sweep.compose(mcts).planner.kind == "mcts"
     assert sw.planner_family(sw.task_variant("reacher_keepout", "demo").overrides) == "cem"
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mbrm.cli import CONFIG_DIR, build_loop
+from mbrm.run import build_loop, compose_config
 from mbrm.tasks import TASKS, get_task
 
 TINY = [
@@ -58,11 +57,7 @@ PLANNER = {
 
 
 def tiny_cfg(task: str = "reacher_keepout", planner: str = "cem", *extra: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[f"task={task}", f"planner={planner}", *TINY, *PLANNER[planner], *extra],
-        )
+    return compose_config([f"task={task}", f"planner={planner}", *TINY, *PLANNER[planner], *extra])
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -106,7 +101,6 @@ def test_agent_is_blind_to_the_hidden_objective(tmp_path, monkeypatch):
             return original_act(self, state, generator)
 
     monkeypatch.setattr(agent_mod.Agent, "act", guarded_act)
-    loop.settings.eval_episodes = 0
     # the final evaluation includes the oracle agent, which may read them by design
     monkeypatch.setattr(type(loop), "final_evaluation", lambda self: {})
     loop.run()
@@ -123,8 +117,8 @@ def test_kill_and_resume_keeps_every_label(tmp_path):
     original = type(loop).solicit
     state = {"rounds": 0}
 
-    def solicit_then_die(self):
-        out = original(self)
+    def solicit_then_die(self, data):
+        out = original(self, data)
         state["rounds"] += 1
         if state["rounds"] == 3:  # after labels are stored, before the checkpoint
             raise Killed
@@ -201,12 +195,13 @@ def test_qp_filter_runs_inside_the_loop(tmp_path):
     assert np.isfinite(summary["eval_return"])
 
 
-def test_planner_threshold_must_stay_at_the_calibrated_cut(tmp_path):
-    with pytest.raises(ValueError, match=r"threshold must stay 0\.5"):
-        build_loop(tiny_cfg("reacher_keepout", "cem", "planner.threshold=0.3"), tmp_path)
+def test_planner_rejection_level_must_stay_at_the_calibrated_cut(tmp_path):
+    with pytest.raises(ValueError, match=r"reject_above=0\.3: with a learned constraint entry"):
+        build_loop(tiny_cfg("reacher_keepout", "cem", "planner.reject_above=0.3"), tmp_path)
 
 
 def test_calibration_split_keeps_segments_whole_and_merges_duplicates(tmp_path, rng):
+    from mbrm.calibration import calibration_split
     from mbrm.feedback.segments import FeedbackKind, Labeller, Segment, UnacceptableLabel
 
     loop = build_loop(tiny_cfg("inverted_pendulum", "cem"), tmp_path)
@@ -229,7 +224,9 @@ def test_calibration_split_keeps_segments_whole_and_merges_duplicates(tmp_path, 
         FeedbackKind.UNACCEPTABLE, [again], UnacceptableLabel(np.zeros(6, bool)), teacher
     )
 
-    (s_tr, f_tr), (s_cal, f_cal), n_pos = loop._calibration_split()
+    states, flags, segs = loop.store.unacceptable_states(with_segments=True)
+    split = calibration_split(states, flags, segs, alpha=0.05, fraction=0.3, rng=rng)
+    (s_tr, f_tr), (s_cal, f_cal), n_pos = split.train, split.calibration, split.positives
     assert n_pos == 20 * 3
     assert len(s_tr) + len(s_cal) == 40 * 6  # duplicates merged
     rows_tr = {r.tobytes() for r in s_tr}
@@ -247,10 +244,8 @@ def test_learned_entry_waits_until_the_classifier_is_ready(tmp_path, rng, torch_
     flags = states[:, 1] > 0.0
     loop.classifier.fit(states[:300], flags[:300], generator=torch_gen, epochs=2)
     loop.classifier.calibrate(states[300:], flags[300:], alpha=0.05)
-    loop.classifier_ready = False
-    assert "unacceptable" not in loop._build_constraints().names
-    loop.classifier_ready = True
-    assert "unacceptable" in loop._build_constraints().names
+    assert "unacceptable" not in loop.parts.constraint_set(classifier_ready=False).names
+    assert "unacceptable" in loop.parts.constraint_set(classifier_ready=True).names
 
 
 def test_penalty_mode_subtracts_instead_of_rejecting(tmp_path):
@@ -261,9 +256,10 @@ def test_penalty_mode_subtracts_instead_of_rejecting(tmp_path):
     cfg = tiny_cfg("reacher_keepout", "cem", "experiment.constraint_mode=penalty")
     loop = build_loop(cfg, tmp_path)
     loop.run()
-    penalising = loop._imagination()
+    cset, gen = loop.constraint_set, loop.torch_gen
+    penalising = loop.parts.imagination(cset, gen)
     assert penalising.penalty == 10.0
-    rejecting = loop._imagination()
+    rejecting = loop.parts.imagination(cset, gen)
     rejecting.penalty = None  # the same models, rejecting
     state = torch.as_tensor(loop.replay.arrays()[0][0], dtype=torch.float32)
     actions = torch.rand(6, 4, loop.task.action_dim, generator=torch.Generator().manual_seed(0))
@@ -275,9 +271,8 @@ def test_penalty_mode_subtracts_instead_of_rejecting(tmp_path):
     torch.testing.assert_close(a.states, b.states)
     assert not b.p_unacceptable.any() and b.violations == {}
     torch.testing.assert_close(b.reward_mean, a.reward_mean - 10.0 * a.p_unacceptable)
-    loop.reward_model, saved = None, loop.reward_model
-    assert loop._imagination().penalty is None
-    loop.reward_model = saved
+    # the reference agent always rejects
+    assert loop.parts.imagination(cset, gen, reference=True).penalty is None
 
 
 def test_real_only_queries_and_bad_schedule_options(tmp_path):
@@ -305,14 +300,13 @@ def test_demo_takes_hydra_flags_after_its_own_overrides(capsys):
 
 def test_oracle_baseline_rejects_the_hidden_rule_without_a_learned_entry(tmp_path):
     loop = build_loop(tiny_cfg("reacher_keepout", "cem", "constraints=none"), tmp_path)
-    assert len(loop._build_constraints().entries) == 0
-    loop.oracle_constraints = True
-    names = [e.name for e in loop._build_constraints(oracle_baseline=True).entries]
+    assert len(loop.parts.constraint_set(classifier_ready=True).entries) == 0
+    names = [e.name for e in loop.parts.reference_constraint_set().entries]
     assert names == ["unacceptable (hidden rule)"]
 
 
 def test_freezing_before_the_first_reward_fit_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="never be trained"):
+    with pytest.raises(ValueError, match="frozen_reward_after must be an integer >= 0"):
         build_loop(
             tiny_cfg("reacher_keepout", "cem", "experiment.frozen_reward_after=-1"), tmp_path
         )
@@ -322,7 +316,7 @@ def test_freezing_before_the_first_reward_fit_is_refused(tmp_path):
         "experiment.explore_episodes=4",
         "experiment.frozen_reward_after=2",
     )
-    with pytest.raises(ValueError, match="iteration 3"):
+    with pytest.raises(ValueError, match=r"never be trained.*iteration 3|iteration 3.*never"):
         build_loop(cfg, tmp_path)
 
 

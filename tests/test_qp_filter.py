@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from constraints.qp_filter import QPFilter
 from constraints.sets import ConfigError, ConstraintSet
+from constraints.spec import constraint_set
 from mbrm.tasks import StateLayout
 
 DT = 0.1
@@ -25,7 +26,7 @@ def double_integrator(s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def speed_set(upper: float = 1.0, box: float = 1.0) -> ConstraintSet:
-    return ConstraintSet.from_config(
+    return constraint_set(
         {
             "speed": {"kind": "state_bounds", "dims": ["qvel.x"], "lower": -upper, "upper": upper},
             "box": {"kind": "action_box", "low": -box, "high": box},
@@ -87,7 +88,7 @@ def test_infeasible_fallbacks():
 def test_least_violation_trades_rows_by_total_slack():
     # Two rows on v' that cannot both hold: v' <= 0 and v' >= 0.5 (from two entries);
     # total slack is 0.5 anywhere in between, so the nearest point to the plan wins.
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         {
             "low_speed": {"kind": "state_bounds", "dims": ["qvel.x"], "upper": 0.0},
             "min_speed": {"kind": "state_bounds", "dims": ["qvel.x"], "lower": 0.5},
@@ -139,7 +140,7 @@ def test_construction_errors():
         QPFilter(speed_set(), double_integrator, fallback="clip")
     with pytest.raises(ValueError, match="unknown solver"):
         QPFilter(speed_set(), double_integrator, solver="GUROBI")
-    off_zero = ConstraintSet.from_config(
+    off_zero = constraint_set(
         {"box": {"kind": "action_box", "low": 0.2, "high": 1.0}}, layout=LAYOUT, action_dim=1
     )
     with pytest.raises(ValueError, match=r"fallback 'zero' is not an allowed action.*box\[a0"):
@@ -158,7 +159,7 @@ def test_learned_entries_are_skipped_and_action_only_sets_need_no_model():
         def predict(self, states, dtype="float32"):
             return torch.zeros(states.shape[:-1]), torch.zeros(states.shape[:-1])
 
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         {
             "clf": {"kind": "learned"},
             "poly": {"kind": "action_polytope", "A": [[1.0, 1.0]], "b": [1.0]},
@@ -173,7 +174,7 @@ def test_learned_entries_are_skipped_and_action_only_sets_need_no_model():
     res = run(filt, [0.0, 0.0], [1.0, 0.6])  # project onto a0 + a1 <= 1
     np.testing.assert_allclose(res.action, [0.7, 0.3], atol=1e-7)
     assert res.active_entries == ("poly",)
-    unconstrained = QPFilter(ConstraintSet.from_config({}, layout=LAYOUT, action_dim=1))
+    unconstrained = QPFilter(constraint_set({}, layout=LAYOUT, action_dim=1))
     assert run(unconstrained, [0.0, 0.0], [5.0]).status == "unconstrained"
 
 
@@ -185,7 +186,7 @@ def test_linearisation_matches_finite_differences_on_nonlinear_dynamics():
     def dyn(s, a):
         return s + torch.tanh(s @ W.T + a @ B.T) ** 2
 
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         {"lin": {"kind": "linear", "over": "both", "A": [[1.0, -2.0, 0.5, 0.0, 1.0]], "b": [1.0]}},
         layout=LAYOUT,
         action_dim=3,
@@ -207,7 +208,7 @@ def test_linearisation_matches_finite_differences_on_nonlinear_dynamics():
 
 
 def test_rows_that_read_no_state_need_no_model_call():
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         {"both": {"kind": "linear", "over": "both", "A": [[0.0, 0.0, 1.0]], "b": [0.25]}},
         layout=LAYOUT,
         action_dim=1,
@@ -275,7 +276,7 @@ def build(p, b=None, fallback="least_violation", solver="CLARABEL"):
     if len(p["h"]):
         entries["poly"] = {"kind": "action_polytope", "A": p["poly"].tolist(), "b": p["h"].tolist()}
     try:
-        cs = ConstraintSet.from_config(entries, layout=layout, action_dim=A)
+        cs = constraint_set(entries, layout=layout, action_dim=A)
     except ConfigError:
         assume(False)
     Ad, Bd, c = (torch.as_tensor(p[k]) for k in ("Ad", "Bd", "c"))
@@ -376,7 +377,7 @@ def test_world_model_mean_next_state_as_dynamics():
     plan = torch.tensor([0.8, -0.6])
     with torch.no_grad():
         v_next = float(model.mean_next_state(s[None], plan[None])[0, 2])
-    cs = ConstraintSet.from_config(
+    cs = constraint_set(
         {
             "speed": {"kind": "state_bounds", "dims": ["qvel.x"], "upper": v_next - 0.01},
             "box": {"kind": "action_box", "low": -1.0, "high": 1.0},

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from mbrm.feedback.gatherers import SyntheticGatherer
 from mbrm.feedback.queries import constraint_uncertainty
 from mbrm.feedback.segments import Segment, SegmentSource
 from mbrm.feedback.store import FeedbackStore
-from mbrm.feedback.teachers import UnacceptableTeacher
+from mbrm.feedback.teachers import PreferenceTeacher, UnacceptableTeacher
 from mbrm.imagination import ModelImagination
-from mbrm.solicit import SolicitSettings, novelty_reference, solicit_round, synthesise
+from mbrm.solicit import SolicitSettings, solicit_round
+from mbrm.synthesis import novelty_reference, synthesise
 from mbrm.tasks import get_task
 from planners import CEMSettings, make_planner
 
@@ -32,8 +34,10 @@ def test_synthesis_counts_split_evenly_in_order():
     "kw, text",
     [
         ({"synthesis_objectives": ["novelty", "curiosity"]}, "curiosity"),
-        ({"synthesised": -1}, "synthesised must be >= 0"),
-        ({"synthesis_objectives": ["novelty", "novelty"]}, "listed more than once"),
+        ({"synthesised": -1}, r"experiment\.solicit\.synthesised must be an integer >= 0"),
+        ({"segment_length": 0}, r"experiment\.solicit\.segment_length must be an integer >= 1"),
+        ({"preferences": {"curious": 3}}, "unknown acquisition 'curious'"),
+        ({"synthesis_objectives": ["novelty", "novelty"]}, "more than once"),
         ({"synthesised": 2, "synthesis_objectives": []}, "at least one synthesis objective"),
     ],
 )
@@ -136,7 +140,10 @@ def test_every_synthesised_hypothetical_is_judged(tmp_path, rng):
             rng=rng,
             reward_model=None,
             classifier=None,
-            unacceptable_teacher=UnacceptableTeacher(task, seed=0),
+            gatherer=SyntheticGatherer(
+                PreferenceTeacher(task, seed=0), UnacceptableTeacher(task, seed=0)
+            ),
+            labelled_states=store.unacceptable_states()[0],
         )
         assert report.unacceptable == 2 and report.preferences == 0
         queries = [store.get_query(i) for i in range(1, 1 + store.count_queries())]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mbrm.feedback.segments import Preference, Segment, SegmentSource
 from mbrm.feedback.teachers import PreferenceTeacher, UnacceptableTeacher
+from mbrm.run.schema import FeedbackConfig
 from mbrm.tasks import CHEETAH_FLIP_ANGLE, CHEETAH_SPEED_LIMIT, get_task
 
 TASK = get_task("half_cheetah_safe")
@@ -169,8 +169,9 @@ def test_presets_instantiate_with_b_pref_values(name):
         "equal": {"equal_threshold": 0.1},
     }[name]
     path = PRESETS / f"{name}.yaml"
-    teacher = instantiate(OmegaConf.load(path), task=TASK)
-    assert isinstance(teacher, PreferenceTeacher)
+    preset = FeedbackConfig(**OmegaConf.to_container(OmegaConf.load(path)))
+    assert preset.kind == "synthetic"
+    teacher = PreferenceTeacher(TASK, **preset.teacher_arguments())
     want = PreferenceTeacher(TASK, **expected).describe()
     assert teacher.describe() == want
     for line in path.read_text().splitlines():

@@ -71,11 +71,9 @@ def make_sample_run(
     Preference queries pair a real segment with an imagined one where they can, so
     the page always has an imagined clip to mark.
     """
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mbrm.resources import config_dir, register_resolvers
-    from mbrm.run import build_loop, register_schemas
+    from mbrm.run import build_loop, compose_config
 
     if preference_queries < 0 or unacceptable_queries < 0:
         raise ValueError("query counts must be non-negative")
@@ -85,10 +83,7 @@ def make_sample_run(
     if (run_dir / "feedback.sqlite").exists():
         raise FileExistsError(f"{run_dir} already holds a feedback store; not overwriting it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    register_resolvers()
-    register_schemas()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"task={task_name}", f"seed={seed}", *SAMPLE_OVERRIDES])
+    cfg = compose_config([f"task={task_name}", f"seed={seed}", *SAMPLE_OVERRIDES])
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     loop = build_loop(cfg, run_dir)  # opens (creates) feedback.sqlite with the task's sizes
     task, gen = loop.task, torch.Generator().manual_seed(seed)

@@ -2,7 +2,7 @@
 finished runs back. Applications (``mbrm.cli``, ``mbrm.report``, ``mbrm.labeling``,
 ``benchmarks/``) import it; it imports none of them."""
 
-from mbrm.run.compose import build_loop, build_parts, run_settings, run_signature
+from mbrm.run.compose import build_loop, build_parts, compose_config, run_settings, run_signature
 from mbrm.run.finished import FinishedRun, NotARunError
 from mbrm.run.schema import ConfigValueError, RunConfig, register_schemas
 
@@ -13,6 +13,7 @@ __all__ = [
     "RunConfig",
     "build_loop",
     "build_parts",
+    "compose_config",
     "register_schemas",
     "run_settings",
     "run_signature",

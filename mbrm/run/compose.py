@@ -18,6 +18,20 @@ from omegaconf.errors import OmegaConfBaseException
 from mbrm.run.schema import ConfigValueError, RunConfig
 
 
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``configs/config.yaml`` composed with ``overrides`` (Hydra's compose API), with the
+    schema and resolvers registered; creates no file or folder."""
+    from hydra import compose, initialize_config_dir
+
+    from mbrm.resources import config_dir, register_resolvers
+    from mbrm.run.schema import register_schemas
+
+    register_resolvers()
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def run_settings(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """The typed, checked settings of a composed (or saved) config.
 
