@@ -1,0 +1,1 @@
+"""mbrm's Hydra configuration, installed as the package ``mbrm.configs`` (pyproject.toml)."""
