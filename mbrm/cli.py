@@ -108,10 +108,10 @@ def _first_of_sweeps(overrides: list[str]) -> list[str]:
 def compose_checked(overrides: list[str]) -> Any:
     """Compose ``config`` with ``overrides`` and check every value; raises on the first
     unknown key, wrong type or value out of range. Creates no file or folder."""
-    from mbrm.run import compose_config, run_settings
+    from mbrm.run.compose import check_run, compose_config, run_settings
 
     cfg = compose_config(overrides)
-    run_settings(cfg)
+    check_run(run_settings(cfg))
     return cfg
 
 
@@ -145,12 +145,14 @@ def _train_job(cfg: Any) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from mbrm.run import ConfigValueError, build_loop, run_settings
+    from mbrm.run import build_loop, run_settings
+    from mbrm.run.compose import check_run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         settings = run_settings(cfg)
-    except ConfigValueError as e:  # a swept value out of range: leave no folder behind
+        check_run(settings)
+    except ValueError as e:  # a swept value out of range: leave no folder behind
         if not _debug():
             _remove_fresh_run_dir(run_dir)
             print(f"mbrm: error: {_one_line(e)}", file=sys.stderr)

@@ -161,29 +161,38 @@ def build_gatherer(task: Any, settings: RunConfig) -> Any:
     )
 
 
-def build_parts(settings: RunConfig) -> Any:
-    """Every part of a run from its checked settings."""
-    import torch
-
-    from mbrm.parts import RunParts
+def check_run(settings: RunConfig) -> tuple[Any, Any, Any]:
+    """The checks a run needs beyond its settings' own: the task exists, every constraint
+    entry parses, the learned entries agree with the planner. Returns the task, the
+    constraint spec and the experiment settings (with the learned entry's alpha)."""
     from mbrm.tasks import get_task
-    from planners import make_planner
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     task = get_task(settings.task.name)
     spec = constraint_spec(task, settings)
     experiment = settings.experiment
     alpha = spec.learned_alpha()
     if alpha is not None:  # the constraint's own alpha calibrates its classifier
         experiment = dataclasses.replace(experiment, alpha=float(alpha))
-    planner_settings = settings.planner
-    if spec.learned and planner_settings.reject_above != 0.5:
+    if spec.learned and settings.planner.reject_above != 0.5:
         raise ConfigValueError(
-            f"planner.reject_above={planner_settings.reject_above}: with a learned constraint "
+            f"planner.reject_above={settings.planner.reject_above}: with a learned constraint "
             "entry it must stay 0.5, where the set maps the calibrated threshold; change the "
             "entry's alpha or threshold instead"
         )
+    return task, spec, experiment
+
+
+def build_parts(settings: RunConfig) -> Any:
+    """Every part of a run from its checked settings."""
+    import torch
+
+    from mbrm.parts import RunParts
+    from planners import make_planner
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    task, spec, experiment = check_run(settings)
+    planner_settings = settings.planner
     low, high = task.action_bounds
     return RunParts(
         task=task,
