@@ -11,6 +11,10 @@ Resolving ``hydra.sweep.subdir`` happens inside each job, in whatever process a 
 starts, where the command line is no longer known: the :class:`SweepNames` callback records
 the swept keys when the sweep starts and carries them, and the resolvers, into every
 process its launcher pickles it to.
+
+Slurm sweeps (``hydra/launcher=slurm``) and their local check (``hydra/launcher=local``) use
+the launchers of the submitit plugin, an optional extra: :func:`explain_missing_launcher`
+turns Hydra's error for a launcher that is not installed into the command that installs it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ CONFIG_PACKAGE = "mbrm.configs"
 SUBDIR_RESOLVER = "mbrm.sweep_subdir"
 # Folder names stay far below the usual 255-byte limit, leaving room for a path around them.
 MAX_SUBDIR_LENGTH = 96
+# Hydra's composition error for a launcher whose config is not there, and the launcher the
+# user chose (a config of ours, e.g. hydra/launcher/slurm.yaml, that extends it) if any.
+_MISSING_SUBMITIT = re.compile(
+    r"(?:In 'hydra/launcher/(?P<chosen>[^']+)': )?"
+    r"Could not (?:load|find) 'hydra/launcher/(?P<launcher>submitit_(?:slurm|local))'"
+)
 
 # Keys the running sweep varies, recorded by SweepNames; None outside a sweep that has one.
 _swept_keys: frozenset[str] | None = None
@@ -86,6 +96,20 @@ def sweep_subdir(job_num: int, overrides: Iterable[str], swept: Iterable[str] | 
     name = ",".join(f"{k}={v}" for k, v in pairs)
     name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name)
     return f"{job_num}_{name}"[:MAX_SUBDIR_LENGTH] if name else str(job_num)
+
+
+def explain_missing_launcher(message: str) -> str | None:
+    """What to install when ``message`` (a Hydra composition error) names a launcher of the
+    submitit plugin (``submitit_slurm``, ``submitit_local``) that is not installed; None for
+    any other message."""
+    found = _MISSING_SUBMITIT.search(message)
+    if found is None:
+        return None
+    launcher = found["chosen"] or found["launcher"]
+    return (
+        f"the {launcher} launcher needs the submitit plugin: pip install 'mbrm[slurm]' "
+        "(or pip install -e '.[slurm]' in a checkout)"
+    )
 
 
 class SweepNames(Callback):
