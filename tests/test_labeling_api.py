@@ -285,6 +285,9 @@ def test_bad_label_values_are_refused_and_write_nothing(server, run):
         ({"query_id": 5, "value": 7}, 400, "frame index"),  # segment has 7 states: 0..6
         ({"query_id": 5, "value": -1}, 400, "frame index"),
         ({"query_id": 5, "value": 2, "unacceptable": {"left": 1}}, 400, "preference queries"),
+        ({"query_id": 5, "value": "Cannot tell"}, 400, "'cannot_tell'"),
+        ({"query_id": 5, "value": True}, 400, "frame index"),
+        ({"query_id": 1, "value": "left", "unacceptable": {"left": "cannot_tell"}}, 400, "frame"),
     ]
     for body, status, text in cases:
         assert_refused(c.post("/api/label", body), status, run, before, text)
@@ -321,6 +324,22 @@ def test_label_unacceptable_query_with_a_first_step_or_none(server, run):
         assert s.get_label(5).value.first_step == 2
         none = s.get_label(6).value
         assert none.first_step is None and none.known.all()
+
+
+def test_cannot_tell_on_an_unacceptable_query_judges_no_state(server, run):
+    c = Client(server)
+    with FeedbackStore(run / "feedback.sqlite") as s:
+        judged_before = s.unacceptable_states()[0].shape[0]
+    code, out, _ = c.post(
+        "/api/label", {"query_id": 5, "annotator": "alice", "value": "cannot_tell"}
+    )
+    assert code == 200 and out["progress"]["labelled"] == 1
+    with FeedbackStore(run / "feedback.sqlite") as s:
+        label = s.get_label(5).value
+        # An answer, but not "nothing unacceptable": no state becomes a training example.
+        assert label.n_states == 7 and not label.known.any() and not label.flags.any()
+        assert s.unacceptable_states()[0].shape[0] == judged_before
+        assert s.get_query(5).status is QueryStatus.LABELLED
 
 
 def test_skip_and_release(server, run):
@@ -496,7 +515,7 @@ def test_token_is_required_when_set(run):
 def test_binding_off_loopback_generates_a_token(run):
     with LabelServer(run, host="0.0.0.0", annotator="alice", clip_size=SIZE) as srv:
         assert srv.token is not None and len(srv.token) >= 16
-        assert srv.url.endswith(f"?token={srv.token}")
+        assert srv.url.endswith(f"?token={srv.token}") and "0.0.0.0" not in srv.url
         c = Client(srv)
         c.srv = type("Addr", (), {"host": "127.0.0.1", "port": srv.port})()
         assert c.get("/api/status")[0] == 403
@@ -504,6 +523,8 @@ def test_binding_off_loopback_generates_a_token(run):
         assert c.get("/api/status")[0] == 200
     with pytest.raises(ValueError, match="16 characters"):
         LabelServer(run, host="0.0.0.0", token="short", clip_size=SIZE)
+    with pytest.raises(ValueError, match="letters, digits"):
+        LabelServer(run, host="0.0.0.0", token="x" * 16 + "\r\nSet-Cookie: a=b", clip_size=SIZE)
 
 
 def test_foreign_host_header_is_refused(server, run):

@@ -1,7 +1,7 @@
 """The labelling page in a real browser: Debian's chromium, headless, driven by Playwright.
 
-Three queries are answered with the keyboard only; the store must then hold exactly
-those three labels. A screenshot of the page with a real query is saved to the
+Four queries are answered with the keyboard only (the last with 4, "cannot tell");
+the store must then hold exactly those four labels. A screenshot of the page with a real query is saved to the
 test's tmp dir, and to docs/labeling.png when MBRM_UPDATE_DOCS=1 (so a test run
 leaves the source tree as it was).
 """
@@ -61,17 +61,17 @@ def _wait_for_query(page, query_id: int, timeout_ms: int = 30_000) -> None:
     page.locator(f"body[data-state='ready'][data-query='{query_id}']").wait_for(timeout=timeout_ms)
 
 
-def test_label_three_queries_with_the_keyboard(tmp_path):
+def test_label_four_queries_with_the_keyboard(tmp_path):
     browser_path = _chromium()
     sync_playwright = _sync_playwright()
     run = make_sample_run(
-        tmp_path / "run", preference_queries=2, unacceptable_queries=1, segment_length=10
+        tmp_path / "run", preference_queries=2, unacceptable_queries=2, segment_length=10
     )
     with FeedbackStore(run / "feedback.sqlite") as store:
         order = [q.id for q in store.pending_queries()]  # the lease hands them out in this order
         kinds = [store.get_query(i).kind for i in order]
         segments = {s for i in order for s in store.get_query(i).segment_ids}
-    assert kinds == [FeedbackKind.PREFERENCE, FeedbackKind.PREFERENCE, FeedbackKind.UNACCEPTABLE]
+    assert kinds == [FeedbackKind.PREFERENCE] * 2 + [FeedbackKind.UNACCEPTABLE] * 2
 
     errors: list[str] = []
     with (
@@ -92,7 +92,7 @@ def test_label_three_queries_with_the_keyboard(tmp_path):
             _wait_for_query(page, order[0])
             assert page.locator(".clip.imagined .badge.imagined").count() == 1
             assert "labelled 0" in page.inner_text("#progress")
-            assert "pending 3" in page.inner_text("#progress")
+            assert "pending 4" in page.inner_text("#progress")
             assist = page.inner_text(".clip[data-side=left] .assist")
             assert "predicted return" in assist, assist
             page.keyboard.press("Home")  # pause on frame 0: a still frame for the screenshot
@@ -114,15 +114,20 @@ def test_label_three_queries_with_the_keyboard(tmp_path):
                 page.keyboard.press(".")
             assert "frame 4 /" in page.inner_text("#frame")
             page.keyboard.press("u")
+
+            # Query 4: one clip; cannot tell (an answer that judges no state).
+            _wait_for_query(page, order[3])
+            assert "4/? cannot tell" in page.inner_text("#keys")
+            page.keyboard.press("4")
             page.locator("body[data-state='empty']").wait_for(timeout=30_000)
-            assert "labelled 3" in page.inner_text("#progress")
+            assert "labelled 4" in page.inner_text("#progress")
             assert "pending 0" in page.inner_text("#progress")
         finally:
             browser.close()
     assert errors == []
 
     with FeedbackStore(run / "feedback.sqlite") as store:
-        assert store.count_labels() == 3
+        assert store.count_labels() == 4
         assert store.count_queries(QueryStatus.PENDING) == 0
         labels = {i: store.get_label(i) for i in order}
         assert labels[order[0]].value is Preference.LEFT
@@ -130,7 +135,9 @@ def test_label_three_queries_with_the_keyboard(tmp_path):
         flags = labels[order[2]].value
         assert flags.first_step == 4
         assert np.array_equal(flags.known, np.arange(flags.n_states) <= 4)
-        assert [lab.who for lab in labels.values()] == [Labeller.person("ada")] * 3
+        cannot_tell = labels[order[3]].value
+        assert not cannot_tell.known.any() and not cannot_tell.flags.any()
+        assert [lab.who for lab in labels.values()] == [Labeller.person("ada")] * 4
     # One cached clip per segment shown, however many queries showed it.
     assert len(list((run / "clips").iterdir())) == len(segments)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import secrets
 from http.cookies import SimpleCookie
 from typing import Any
@@ -19,6 +20,7 @@ from mbrm.labeling.api import ApiError
 TOKEN_HEADER = "X-Mbrm-Token"
 TOKEN_COOKIE = "mbrm_token"
 MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 def is_loopback(host: str) -> bool:
@@ -37,6 +39,9 @@ def server_token(host: str, token: str | None) -> str | None:
         token = secrets.token_urlsafe(24)
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ValueError(f"a token must be at least {MIN_TOKEN_LENGTH} characters long")
+    if token is not None and not _TOKEN.fullmatch(token):
+        # It travels in a URL, a header and a cookie: keep it to characters all three take.
+        raise ValueError("a token may hold only letters, digits and - _ . ~")
     return token
 
 

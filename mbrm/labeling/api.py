@@ -17,12 +17,14 @@ ANNOTATOR = re.compile(r"^[\w .@+-]{1,64}$")
 
 
 class ApiError(Exception):
-    """A refused request: HTTP status and a message for the JSON body."""
+    """A refused request: HTTP status, a message for the JSON body, and any headers
+    the status calls for (``Allow`` with a 405)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -35,6 +37,12 @@ class Response:
 
 def json_response(status: int, payload: Any, **headers: str) -> Response:
     return Response(status, json.dumps(payload).encode(), "application/json", dict(headers))
+
+
+def error_response(e: ApiError) -> Response:
+    """The JSON every refused request gets: ``{"error": message, "status": code}``."""
+    body = json.dumps({"error": e.message, "status": e.status}).encode()
+    return Response(e.status, body, "application/json", dict(e.headers))
 
 
 def json_body(headers: Any, body: bytes | None) -> dict[str, Any]:
@@ -92,6 +100,7 @@ __all__ = [
     "ApiError",
     "Response",
     "annotator_name",
+    "error_response",
     "frame_index",
     "int_id",
     "json_body",

@@ -14,7 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from mbrm.feedback.segments import FeedbackKind, Labeller, Preference
+import numpy as np
+
+from mbrm.feedback.segments import FeedbackKind, Labeller, Preference, UnacceptableLabel
 from mbrm.feedback.store import (
     FeedbackStore,
     InvalidLabelError,
@@ -38,6 +40,23 @@ from mbrm.labeling.api import (
 from mbrm.labeling.assist import Assistant
 from mbrm.labeling.clips import ClipCache, render_states
 from mbrm.rundir import FEEDBACK
+
+GET_PATHS = frozenset({"/", "/index.html", "/favicon.ico", "/api/status"})
+GET_PREFIXES = ("/static/", "/api/query/", "/api/assist/", "/clips/")
+POST_PATHS = frozenset({"/api/lease", "/api/label", "/api/skip", "/api/release"})
+# Rendered with MuJoCo or computed by the models: the transport runs these on their
+# own threads, so a label never waits behind a clip.
+SLOW_PREFIXES = ("/clips/", "/api/assist/")
+CANNOT_TELL = Preference.CANNOT_TELL.value
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods ``path`` answers (empty: no such page); HEAD wherever GET is."""
+    if path in POST_PATHS:
+        return ("POST",)
+    if path in GET_PATHS or path.startswith(GET_PREFIXES):
+        return ("GET", "HEAD")
+    return ()
 
 
 class LabelingApp:
@@ -240,7 +259,7 @@ class LabelingApp:
 
     def _parse_value(
         self, q: Query, value: Any, flags: Any
-    ) -> tuple[Preference | int | None, list[tuple[int, int]]]:
+    ) -> tuple[Preference | UnacceptableLabel | int | None, list[tuple[int, int]]]:
         """The label value and the (segment, first unacceptable step) flags of a request."""
         n = [self._segment_length(i) for i in q.segment_ids]
         if q.kind is FeedbackKind.UNACCEPTABLE:
@@ -248,7 +267,19 @@ class LabelingApp:
                 raise ApiError(400, "'unacceptable' is for preference queries; send 'value'")
             if value is None:
                 return None, []
-            return frame_index(value, n[0], "value"), []
+            if value == CANNOT_TELL:
+                # Like a preference's cannot_tell: an answer, but no state judged, so
+                # none becomes a training example (not "nothing unacceptable").
+                none = np.zeros(n[0], dtype=bool)
+                return UnacceptableLabel(none, known=none), []
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n[0]:
+                raise ApiError(
+                    400,
+                    f"query {q.id} is an unacceptable-state query: value must be the frame "
+                    f"index (0..{n[0] - 1}) of the first unacceptable state, null for none, "
+                    f"or {CANNOT_TELL!r}; got {value!r}",
+                )
+            return value, []
         if not isinstance(value, str) or value not in {p.value for p in Preference}:
             raise ApiError(
                 400,
@@ -286,4 +317,12 @@ class LabelingApp:
         return {"query_id": q.id, "progress": self._progress(who)}
 
 
-__all__ = ["LabelingApp"]
+__all__ = [
+    "CANNOT_TELL",
+    "GET_PATHS",
+    "GET_PREFIXES",
+    "POST_PATHS",
+    "SLOW_PREFIXES",
+    "LabelingApp",
+    "allowed_methods",
+]

@@ -12,8 +12,10 @@ loop picks it up.
 The parts: :mod:`~mbrm.labeling.app` (routes and endpoints over the store),
 :mod:`~mbrm.labeling.payloads` (static files, clips, query JSON),
 :mod:`~mbrm.labeling.api` (request checks), :mod:`~mbrm.labeling.access` (Host header
-and token), :mod:`~mbrm.labeling.transport` (the threaded HTTP server). This module
-is the command line.
+and token), :mod:`~mbrm.labeling.http1` (request heads on the wire),
+:mod:`~mbrm.labeling.transport` (the asyncio HTTP server), :mod:`~mbrm.labeling.address`
+(the addresses it prints), :mod:`~mbrm.labeling.label_server` (the parts put together
+for one run). This module is the command line.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import webbrowser
 from pathlib import Path
 
 from mbrm.labeling.access import is_loopback
+from mbrm.labeling.address import is_wildcard
 from mbrm.labeling.api import MAX_BODY, ApiError
 from mbrm.labeling.app import LabelingApp
 from mbrm.labeling.clips import FORMATS, default_format
-from mbrm.labeling.transport import LabelServer
+from mbrm.labeling.label_server import LabelServer
 
 
 def _parse_size(s: str) -> tuple[int, int]:
@@ -39,6 +42,15 @@ def _parse_size(s: str) -> tuple[int, int]:
     return w, int(m[2] or w)
 
 
+def address_lines(server: LabelServer) -> list[str]:
+    """Where to open the page: from other machines (a wildcard bind) and from this one."""
+    if not is_wildcard(server.host):
+        return [f"open {server.url}"]
+    first, *others = server.remote_urls
+    also = f" (or {', '.join(others)})" if others else ""
+    return [f"open {first} from another machine{also}", f"on this machine: {server.local_url}"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``mbrm label RUN_DIR [options]``."""
     p = argparse.ArgumentParser(
@@ -46,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Label a run's pending queries in the browser (feedback=human).",
     )
     p.add_argument("run_dir", type=Path, help="run directory (config.yaml, feedback.sqlite)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback; 0.0.0.0 or :: for annotators on other machines)",
+    )
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one")
     p.add_argument("--name", default=None, help="annotator name (default: the OS user name)")
     p.add_argument(
@@ -107,9 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if server.token is not None and a.token is None:
         print(f"mbrm label: access token {server.token}")
-    print(f"mbrm label: open {server.url}", flush=True)
+    for line in address_lines(server):
+        print(f"mbrm label: {line}")
+    sys.stdout.flush()
     if not a.no_browser:
-        webbrowser.open(server.url)
+        webbrowser.open(server.local_url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -118,4 +136,12 @@ def main(argv: list[str] | None = None) -> None:
         server.close()
 
 
-__all__ = ["MAX_BODY", "ApiError", "LabelServer", "LabelingApp", "is_loopback", "main"]
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "LabelServer",
+    "LabelingApp",
+    "address_lines",
+    "is_loopback",
+    "main",
+]

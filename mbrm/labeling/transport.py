@@ -1,235 +1,303 @@
-"""The labelling server's HTTP side: a standard-library server with a fixed pool of
-worker threads, each with its own store connection, in front of a :class:`LabelingApp`.
+"""The labelling server's HTTP side: one asyncio event loop owns every connection, in
+front of a :class:`~mbrm.labeling.app.LabelingApp` whose blocking work (SQLite,
+MuJoCo rendering, model inference) runs on bounded thread pools.
 
-Every request is checked before it touches the store: token (required when bound to
-anything but loopback), Host header, body size, content type, JSON shape. A refused
-request gets a 4xx with a JSON message and writes nothing.
+A waiting connection costs the loop nothing, so slow or idle clients cannot hold up
+others. Each phase of a request has a deadline (the head from its first byte, the
+body, the wait between kept-alive requests, the client reading the answer), the
+head has a size limit, and at the connection cap the connection that has waited
+longest for a head is dropped to make room. Access (Host header, token) is checked
+as soon as the head is in, before the body is read or the store is touched. Every
+refused request gets a 4xx with a JSON message and writes nothing.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
-import re
+import asyncio
+import functools
 import socket
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, fields
 from urllib.parse import parse_qs, urlsplit
 
 from mbrm.feedback.store import FeedbackStoreError
-from mbrm.labeling.access import is_loopback, loopback_hosts, server_token
-from mbrm.labeling.api import ANNOTATOR, MAX_BODY, ApiError, Response, json_response
-from mbrm.labeling.app import LabelingApp
-from mbrm.rundir import CONFIG
+from mbrm.labeling.api import ApiError, Response, error_response
+from mbrm.labeling.app import SLOW_PREFIXES, LabelingApp, allowed_methods
+from mbrm.labeling.http1 import (
+    MAX_HEAD,
+    SECURITY_HEADERS,
+    Headers,
+    RequestHead,
+    content_length,
+    encode_response,
+    parse_head,
+)
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-        "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _PooledServer
-    protocol_version = "HTTP/1.0"  # one request per connection: a worker is never held idle
-    timeout = 15  # seconds a client may take to send its request
-    server_version = "mbrm-label"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        app = self.server.app
-        t0 = time.perf_counter()
-        try:
-            split = urlsplit(self.path)
-            query = parse_qs(split.query)
-            app.check_access(self.headers, query)
-            body = self._read_body(app.max_body) if method == "POST" else None
-            resp = app.handle(method, split.path, query, self.headers, body)
-        except ApiError as e:
-            resp = json_response(e.status, {"error": e.message, "status": e.status})
-        except FeedbackStoreError as e:
-            resp = json_response(500, {"error": f"feedback store: {e}", "status": 500})
-        except Exception as e:  # answer 500 and keep serving
-            traceback.print_exc()
-            resp = json_response(500, {"error": f"{type(e).__name__}: {e}", "status": 500})
-        self._send(resp)
-        if self.server.verbose:
-            ms = (time.perf_counter() - t0) * 1000
-            print(f"mbrm label: {method} {self.path.split('?')[0]} {resp.status} {ms:.1f} ms")
-
-    def _read_body(self, limit: int) -> bytes | None:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return None
-        if not re.fullmatch(r"[0-9]{1,12}", length.strip()):
-            raise ApiError(400, f"bad Content-Length {length!r}")
-        n = int(length)
-        if n > limit:
-            raise ApiError(413, f"request body of {n} bytes is over the {limit}-byte limit")
-        return self.rfile.read(n)
-
-    def _send(self, resp: Response) -> None:
-        try:
-            self.send_response(resp.status)
-            self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(resp.body)))
-            if resp.content_type == "application/json":
-                self.send_header("Cache-Control", "no-store")
-            for k, v in {**SECURITY_HEADERS, **resp.headers}.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(resp.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away; nothing was written to the store by sending
-
-    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
-        pass  # request lines are printed by _serve when verbose
+LINGER_SECONDS = 1.0  # after the last answer, how long unread input is drained
+LINGER_BYTES = 1 << 20
 
 
-class _PooledServer(HTTPServer):
-    """HTTPServer with a fixed pool of worker threads (bounded concurrency)."""
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much one connection may take."""
 
-    request_queue_size = 128
-    allow_reuse_address = True
+    head_seconds: float = 5.0  # request line and headers, from their first byte
+    body_seconds: float = 10.0  # the body, once the head has been accepted
+    idle_seconds: float = 10.0  # a connection with no request under way
+    write_seconds: float = 30.0  # the client reading an answer
+    max_head: int = MAX_HEAD  # bytes of request line and headers
+    max_connections: int = 256  # open at once; more drop the longest-waiting one
 
-    def __init__(self, addr: tuple[str, int], app: LabelingApp, workers: int, verbose: bool):
-        self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        self.app, self.verbose = app, verbose
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mbrm-label")
-        super().__init__(addr, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._pool.submit(self._work, request, client_address)
-
-    def _work(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # one bad connection must not stop the server
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._pool.shutdown(wait=True)
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"Limits.{f.name} must be positive; got {getattr(self, f.name)}")
 
 
-class LabelServer:
-    """The labelling server for one run directory.
+@dataclass(eq=False)
+class _Connection:
+    task: asyncio.Task[None]
+    since: float  # loop time its current wait for a request head began
+    waiting: bool = True  # no request under way: may be dropped at the cap
+    unread: bool = False  # refused with input perhaps still coming: linger before closing
 
-    ``port=0`` picks a free port. A host other than loopback needs a token; one is
-    generated when none is given. ``url`` is the address to open (with the token).
-    """
+
+class HttpServer:
+    """HTTP/1.1 over asyncio streams; requests are answered by ``app`` on thread pools."""
 
     def __init__(
-        self,
-        run_dir: str | os.PathLike[str],
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        annotator: str | None = None,
-        token: str | None = None,
-        lease_seconds: float = 600.0,
-        max_body: int = MAX_BODY,
-        clip_size: tuple[int, int] = (240, 240),
-        fps: float = 10.0,
-        clip_format: str | None = None,
-        workers: int = 16,
-        assistance: bool = True,
-        verbose: bool = False,
+        self, sock: socket.socket, app: LabelingApp, limits: Limits, workers: int, verbose: bool
     ) -> None:
-        run_dir = Path(run_dir)
-        if not (run_dir / CONFIG).exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG})")
-        if not 1 <= workers <= 256:
-            raise ValueError(f"workers must be in 1..256; got {workers}")
-        self.token = server_token(host, token)
-        app = LabelingApp(
-            run_dir,
-            task_name=_task_name(run_dir),
-            annotator=annotator or _default_annotator(),
-            lease_seconds=lease_seconds,
-            token=self.token,
-            max_body=max_body,
-            clip_width=clip_size[0],
-            clip_height=clip_size[1],
-            fps=fps,
-            clip_format=clip_format,
-            assistance=assistance,
+        self.sock, self.app, self.limits, self.verbose = sock, app, limits, verbose
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="mbrm-label")
+        # Clips and assistance get their own threads: a label never queues behind them.
+        self._slow_pool = ThreadPoolExecutor(max(2, workers // 4), thread_name_prefix="mbrm-media")
+        self._connections: dict[_Connection, None] = {}  # insertion-ordered set
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.ready = threading.Event()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(
+            self._accept, sock=self.sock, limit=self.limits.max_head, backlog=512
         )
-        self.app = app
-        self._httpd = _PooledServer((host, port), app, workers, verbose)
-        self.host, self.port = host, int(self._httpd.server_address[1])
-        if is_loopback(host):
-            # Only our own address may be named in Host (the port is known only now).
-            app.allowed_hosts = loopback_hosts(host, self.port)
-        self._thread: threading.Thread | None = None
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            tasks = [c.task for c in self._connections]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        base = f"http://{host}:{self.port}/"
-        return base if self.token is None else f"{base}?token={self.token}"
-
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever(poll_interval=0.2)
-
-    def start(self) -> LabelServer:
-        """Serve from a background thread (for tests and embedding)."""
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
+    def stop(self) -> None:
+        """Ask a serving loop to stop (from any thread)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:
+                pass  # the loop has already finished
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-        self._httpd.server_close()
+        self.sock.close()
+        self._pool.shutdown(wait=True)
+        self._slow_pool.shutdown(wait=True)
 
-    def __enter__(self) -> LabelServer:
-        return self.start()
+    # ------------------------------------------------------------------ connections
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # a stream server runs each connection as a task
+        conn = _Connection(task, asyncio.get_running_loop().time())
+        try:
+            await self._connection(conn, reader, writer)
+        except asyncio.CancelledError:
+            # Only this server cancels a connection (dropped at the cap, or stopping);
+            # ending quietly keeps asyncio from reporting it as an error.
+            writer.transport.abort()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; what it sent before was answered or not written
+        finally:
+            self._connections.pop(conn, None)
+
+    async def _connection(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Every drain waits until the kernel holds all we wrote: a close never lingers.
+        writer.transport.set_write_buffer_limits(high=0, low=0)
+        if len(self._connections) >= self.limits.max_connections and not self._drop_one():
+            busy = ApiError(503, "too many connections; try again", {"Retry-After": "1"})
+            try:
+                await self._reply(writer, error_response(busy), "HTTP/1.1", keep=False)
+            finally:
+                writer.transport.abort()
+            return
+        self._connections[conn] = None
+        try:
+            while await self._exchange(conn, reader, writer):
+                pass
+            if conn.unread:
+                await self._linger(conn, reader, writer)
+        finally:
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()
+            else:
+                writer.close()
+
+    async def _linger(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Half-close, then discard what the client still sends for a moment: closing
+        with unread input (a refused body) would reset the connection, and a reset can
+        destroy our answer before the client has read it."""
+        if writer.transport.is_closing():
+            return
+        conn.waiting, conn.since = True, asyncio.get_running_loop().time()
+        if writer.can_write_eof():
+            writer.write_eof()
+        discarded = 0
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while discarded < LINGER_BYTES and (chunk := await reader.read(65536)):
+                    discarded += len(chunk)
+        except TimeoutError:
+            pass
+
+    def _drop_one(self) -> bool:
+        """Close the connection that has waited longest for a request head, if any."""
+        waiting = [c for c in self._connections if c.waiting]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: c.since)
+        self._connections.pop(victim, None)
+        victim.task.cancel()
+        return True
+
+    async def _exchange(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Read one request and answer it; True when the connection may carry another."""
+        limits = self.limits
+        conn.waiting, conn.since = True, asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(limits.idle_seconds):
+                first = await reader.readexactly(1)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return False  # no request under way: close without an answer
+        try:
+            async with asyncio.timeout(limits.head_seconds):
+                raw = first + await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            conn.unread = True
+            slow = ApiError(408, f"request head not received within {limits.head_seconds:g} s")
+            return await self._reply(writer, error_response(slow), "HTTP/1.1", keep=False)
+        except asyncio.LimitOverrunError:
+            conn.unread = True
+            big = ApiError(431, f"request head is over the {limits.max_head}-byte limit")
+            return await self._reply(writer, error_response(big), "HTTP/1.1", keep=False)
+        conn.waiting = False
+        t0 = time.perf_counter()
+        try:
+            head = parse_head(raw)
+        except ApiError as e:
+            conn.unread = True
+            return await self._reply(writer, error_response(e), "HTTP/1.1", keep=False)
+        resp, keep = await self._answer(head, reader, writer)
+        conn.unread = not keep  # refused before its body was read
+        keep = keep and head.keep_alive
+        alive = await self._reply(
+            writer, resp, head.version, keep=keep, head_only=head.method == "HEAD"
+        )
+        if self.verbose:
+            ms = (time.perf_counter() - t0) * 1000
+            path = head.target.split("?")[0]
+            print(f"mbrm label: {head.method} {path} {resp.status} {ms:.1f} ms", flush=True)
+        return alive
+
+    async def _answer(
+        self, head: RequestHead, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[Response, bool]:
+        """The answer to one request, and whether its connection may carry another."""
+        app = self.app
+        split = urlsplit(head.target)
+        path, query = split.path, parse_qs(split.query)
+        try:
+            # Access first: a stranger's request reads no body and never reaches the store.
+            app.check_access(head.headers, query)
+            allowed = allowed_methods(path)
+            if not allowed:
+                raise ApiError(404, f"no such page: {head.method} {path}")
+            if head.method not in allowed:
+                raise ApiError(
+                    405,
+                    f"method {head.method} is not allowed on {path}; use {' or '.join(allowed)}",
+                    {"Allow": ", ".join(allowed)},
+                )
+            n = content_length(head.headers, app.max_body)
+            body = None
+            expect = (head.headers.get("Expect") or "").lower()
+            if n and expect == "100-continue" and head.version == "HTTP/1.1":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # every check passed: send it
+            if n is not None:
+                async with asyncio.timeout(self.limits.body_seconds):
+                    body = await reader.readexactly(n)
+        except ApiError as e:
+            return error_response(e), False  # a body may be left unread: close after
+        except TimeoutError:
+            slow = ApiError(408, f"request body not received within {self.limits.body_seconds:g} s")
+            return error_response(slow), False
+        method = "GET" if head.method == "HEAD" else head.method
+        pool = self._slow_pool if path.startswith(SLOW_PREFIXES) else self._pool
+        call = functools.partial(_handle, app, method, path, query, head.headers, body)
+        return await asyncio.get_running_loop().run_in_executor(pool, call), True
+
+    async def _reply(
+        self,
+        writer: asyncio.StreamWriter,
+        resp: Response,
+        version: str,
+        *,
+        keep: bool,
+        head_only: bool = False,
+    ) -> bool:
+        writer.write(encode_response(resp, version, keep_alive=keep, head_only=head_only))
+        try:
+            async with asyncio.timeout(self.limits.write_seconds):
+                await writer.drain()
+        except TimeoutError:
+            writer.transport.abort()  # a client that does not read its answer
+            return False
+        return keep
 
 
-def _task_name(run_dir: Path) -> str:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(run_dir / CONFIG)
-    name = OmegaConf.select(cfg, "task.name")
-    if not isinstance(name, str):
-        raise ValueError(f"{run_dir / CONFIG} has no task.name")
-    return name
-
-
-def _default_annotator() -> str:
+def _handle(
+    app: LabelingApp,
+    method: str,
+    path: str,
+    query: dict[str, list[str]],
+    headers: Headers,
+    body: bytes | None,
+) -> Response:
+    """One request on a pool thread; every failure becomes a JSON answer."""
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = ""
-    return name if name and ANNOTATOR.match(name) else "annotator"
+        return app.handle(method, path, query, headers, body)
+    except ApiError as e:
+        return error_response(e)
+    except FeedbackStoreError as e:
+        return error_response(ApiError(500, f"feedback store: {e}"))
+    except Exception as e:  # answer 500 and keep serving
+        traceback.print_exc()
+        return error_response(ApiError(500, f"{type(e).__name__}: {e}"))
 
 
-__all__ = ["SECURITY_HEADERS", "LabelServer"]
+__all__ = ["SECURITY_HEADERS", "HttpServer", "Limits"]

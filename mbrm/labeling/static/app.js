@@ -388,10 +388,10 @@ function answerButtons(q) {
   } else {
     add("u", "Unacceptable from this frame", () => submitUnacceptable(state.frame), "danger");
     add("1 / n", "Nothing unacceptable", () => submitUnacceptable(null), "primary");
-    add("4 / ?", "Cannot tell (skip)", () => submitSkip());
+    add("4 / ?", "Cannot tell", () => submitUnacceptable("cannot_tell"));
     $("keys").textContent =
       "Keys: u unacceptable from the current frame · 1/n nothing unacceptable · 4/? cannot tell · " +
-      "space play/pause · , . step a frame · Home/End first/last frame";
+      "space play/pause · , . step a frame · Home/End first/last frame · s skip";
   }
 }
 
@@ -485,12 +485,16 @@ function submitPreference(value) {
   send("/api/label", body, `query ${q.id}: ${value.replace("_", " ")} recorded`);
 }
 
+// step: the first unacceptable frame, null for none, or "cannot_tell" (recorded as an
+// answer that judges no state, not as "nothing unacceptable").
 function submitUnacceptable(step) {
   const q = state.query;
   if (!q || q.kind !== "unacceptable") return;
   const n = state.clips[0].seg.n_states;
-  send("/api/label", { query_id: q.id, annotator: annotator(), value: step === null ? null : Math.min(step, n - 1) },
-    step === null ? `query ${q.id}: nothing unacceptable recorded` : `query ${q.id}: unacceptable from frame ${step} recorded`);
+  const value = typeof step === "number" ? Math.min(step, n - 1) : step;
+  const done = step === null ? "nothing unacceptable" : step === "cannot_tell" ? "cannot tell"
+    : `unacceptable from frame ${value}`;
+  send("/api/label", { query_id: q.id, annotator: annotator(), value }, `query ${q.id}: ${done} recorded`);
 }
 
 function submitSkip() {
@@ -536,7 +540,8 @@ function onKey(e) {
   } else {
     if (k === "u" || k === "U") submitUnacceptable(state.frame);
     else if (k === "1" || k === "n") submitUnacceptable(null);
-    else if (k === "4" || k === "?" || k === "s") submitSkip();
+    else if (k === "4" || k === "?") submitUnacceptable("cannot_tell");
+    else if (k === "s") submitSkip();
     else handled = false;
   }
   if (handled) e.preventDefault();
