@@ -1,16 +1,37 @@
-"""Invariants over every task: spaces, determinism, hidden reward, rendering."""
+"""Invariants over every task: spaces, determinism, hidden reward, rendering, and the
+standard gymnasium environments (check_env, gymnasium.make, ids, layouts)."""
 
+import dataclasses
 import importlib
+import warnings
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env
 
 from mbrm import tasks as T
 from mbrm.tasks import TASKS, get_task
 
 NAMES = sorted(TASKS)
+
+# The one recommendation of gymnasium's checker a task may not follow: InvertedPendulum's
+# actuator range is +-3 (gymnasium's own InvertedPendulum-v5 too), and rescaling it would
+# change the action every run, world model and planner works in.
+UNNORMALISED_ACTIONS = "For Box action spaces, we recommend using a symmetric and normalized"
+
+
+def check_env_strictly(env: gym.Env) -> None:
+    """gymnasium's check_env with every warning an error (but the one above, where the
+    actuator range is wider than [-1, 1])."""
+    wide = bool(np.any(env.action_space.low < -1) or np.any(env.action_space.high > 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if wide:
+            warnings.filterwarnings("ignore", message=f".*{UNNORMALISED_ACTIONS}")
+        check_env(env)
 
 
 def _full_state(env) -> np.ndarray:
@@ -32,18 +53,19 @@ def _rollout(task, seed: int, actions: np.ndarray) -> np.ndarray:
 def test_spaces_match_and_values_finite(name, rng):
     task = get_task(name)
     env = task.make_env(0)
-    s, info = env.reset()
+    s, _ = env.reset()
     assert env.observation_space.shape == (task.state_dim,) == s.shape
     assert len(task.layout.names) == task.state_dim == task.layout.nq + task.layout.nv
     low, high = task.action_bounds
     assert env.action_space.shape == (task.action_dim,)
     np.testing.assert_allclose(env.action_space.low, low)
     np.testing.assert_allclose(env.action_space.high, high)
+    assert env.observation_space.contains(s)
     for _ in range(20):
-        s, r, terminated, _, info = env.step(rng.uniform(low, high))
+        s, r, terminated, _, _ = env.step(rng.uniform(low, high))
         assert np.isfinite(s).all() and not terminated
-        assert np.isnan(r), "the agent's environment must hide the reward"
-        assert not any(k.startswith("reward") for k in info)
+        assert env.observation_space.contains(s)
+        assert np.isfinite(r), "gymnasium's reward, returned as usual (the agent drops it)"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -233,3 +255,121 @@ def test_each_task_is_defined_in_its_own_module(name):
     assert module.TASK is task
     assert task.reward_fn is module.true_reward
     assert task.unacceptable_fn is module.unacceptable
+
+
+# --------------------------------------------------------------------------- gymnasium
+
+
+GYM_IDS = {
+    "inverted_pendulum": "mbrm/InvertedPendulum-v0",
+    "reacher_keepout": "mbrm/ReacherKeepout-v0",
+    "half_cheetah_safe": "mbrm/HalfCheetahSafe-v0",
+    "hopper_safe": "mbrm/HopperSafe-v0",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_task_env_passes_gymnasiums_check_env(name):
+    check_env_strictly(get_task(name).make_env(0))
+
+
+def test_only_the_pendulum_needs_the_action_range_exception():
+    wide = [n for n in NAMES if np.any(np.abs(np.concatenate(get_task(n).action_bounds)) > 1)]
+    assert wide == ["inverted_pendulum"]
+    with pytest.raises(UserWarning, match=UNNORMALISED_ACTIONS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(get_task("inverted_pendulum").make_env(0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gymnasium_make_builds_the_task_env(name, rng):
+    task = get_task(name)
+    assert task.gym_id == GYM_IDS[name]
+    assert gym.spec(task.gym_id).max_episode_steps == task.episode_length
+    env = gym.make(GYM_IDS[name])
+    assert env.spec.id == GYM_IDS[name] and env.spec.max_episode_steps == task.episode_length
+    check_env_strictly(env.unwrapped)
+    agent_env = task.make_env(0)
+    assert agent_env.spec.id == GYM_IDS[name]
+    assert agent_env.spec.max_episode_steps == task.episode_length
+    # the same environment: same resets, same states and rewards for the same actions
+    s, _ = env.reset(seed=4)
+    s_agent, _ = agent_env.reset(seed=4)
+    np.testing.assert_array_equal(s, s_agent)
+    low, high = task.action_bounds
+    for a in rng.uniform(low, high, size=(10, task.action_dim)):
+        s, r, *_ = env.step(a)
+        s_agent, r_agent, *_ = agent_env.step(a)
+        np.testing.assert_array_equal(s, s_agent)
+        assert r == r_agent
+
+
+def test_the_agent_env_truncates_at_the_episode_length(rng):
+    task = get_task("reacher_keepout")
+    for env in (task.make_env(0), gym.make(task.gym_id)):
+        env.reset(seed=0)
+        flags = [env.step(env.action_space.sample())[3] for _ in range(task.episode_length)]
+        assert flags == [False] * (task.episode_length - 1) + [True]
+
+
+def test_the_first_reset_without_a_seed_uses_make_envs_seed():
+    task = get_task("hopper_safe")
+    s, _ = task.make_env(3).reset()
+    np.testing.assert_array_equal(s, task.make_env(0).reset(seed=3)[0])
+
+
+def test_reacher_keepout_through_gymnasium_make_keeps_its_disc_and_reset_hook():
+    env = gym.make("mbrm/ReacherKeepout-v0")
+    model = env.unwrapped.model
+    assert mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "keepout") >= 0
+    center = np.array(T.KEEPOUT_CENTER)
+    for seed in range(200):
+        s, _ = env.reset(seed=seed)
+        assert np.linalg.norm(s[2:4] - center) >= T.KEEPOUT_RADIUS + T.KEEPOUT_TARGET_MARGIN
+
+
+def test_registration_happens_on_import_and_is_idempotent():
+    before = {n: get_task(n) for n in NAMES}
+    ids = set(gym.registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when an id is registered twice
+        importlib.reload(T)
+        for task in before.values():
+            assert T.register_task(task) is task
+    assert set(gym.registry) == ids
+    assert {n: T.get_task(n) for n in NAMES} == before
+    for name, gym_id in GYM_IDS.items():
+        assert gym.spec(gym_id).kwargs == {"task": name}
+    other = dataclasses.replace(get_task("hopper_safe"))
+    with pytest.raises(T.TaskDefinitionError, match="already registered"):
+        T.register_task(other)
+
+
+# What the four tasks wrote by hand before their layouts were derived from the model.
+HAND_WRITTEN_LAYOUTS = {
+    "inverted_pendulum": (("slider", "hinge"), (), (), 0.04),
+    "reacher_keepout": (("joint0", "joint1", "target_x", "target_y"), (), (0,), 0.02),
+    "half_cheetah_safe": (
+        ("rootx", "rootz", "rooty", "bthigh", "bshin", "bfoot", "fthigh", "fshin", "ffoot"),
+        (0,),
+        (2,),
+        0.05,
+    ),
+    "hopper_safe": (
+        ("rootx", "rootz", "rooty", "thigh_joint", "leg_joint", "foot_joint"),
+        (0,),
+        (2,),
+        0.008,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layouts_derived_from_the_model_equal_the_hand_written_ones(name):
+    joints, excluded, periodic, dt = HAND_WRITTEN_LAYOUTS[name]
+    layout = get_task(name).layout
+    assert layout.names == tuple(f"qpos.{j}" for j in joints) + tuple(f"qvel.{j}" for j in joints)
+    assert layout.excluded == excluded and layout.periodic == periodic
+    assert layout.dt == pytest.approx(dt, abs=1e-12)
+    assert get_task(name).excluded_inputs is None  # nothing hand-written any more

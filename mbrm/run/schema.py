@@ -73,14 +73,37 @@ def positive(key: str, value: Any) -> None:
 
 @dataclass
 class TaskConfig:
-    # Which MuJoCo task (mbrm.tasks registry).
-    name: str = MISSING
+    """The task group. A task defined outside mbrm is registered here, before the name
+    is checked: ``task=custom task.file=PATH.yaml`` or ``task.module=PKG`` (README "Tasks")."""
+
+    # Which MuJoCo task (mbrm.tasks registry); null with task.file: the file's task.
+    name: str | None = None
     # Steps per episode; null: the task's default.
     episode_length: int | None = None
+    # A YAML task file (mbrm.tasks.load_task_file), relative to the working directory.
+    file: str | None = None
+    # A Python module to import first; it registers its tasks (mbrm.tasks.register_task).
+    module: str | None = None
 
     def __post_init__(self) -> None:
-        from mbrm.tasks import TASKS
+        from mbrm.tasks import TASKS, import_task_module, load_task_file
 
+        if self.module is not None:
+            import_task_module(self.module)
+        if self.file is not None:
+            defined = load_task_file(self.file).name
+            if self.name is None:
+                self.name = defined
+            elif self.name != defined:
+                raise ConfigValueError(
+                    f"task.file={self.file} defines task {defined!r}, but task.name is "
+                    f"{self.name!r}; run the file's task with task=custom task.file={self.file}"
+                )
+        if self.name is None:
+            raise ConfigValueError(
+                "task.name is not set: give task.file=PATH.yaml, or task.module=MODULE with "
+                "task.name=NAME"
+            )
         one_of("task.name", self.name, tuple(sorted(TASKS)))
         if self.episode_length is not None:
             at_least("task.episode_length", self.episode_length, 1)

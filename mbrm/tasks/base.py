@@ -1,4 +1,4 @@
-"""The shared parts of every task: its state layout, its environments, its renderer.
+"""A task: its environment, its state layout, its hidden objective, its renderer.
 
 Every task exposes the *full simulator state* ``qpos | qvel`` as its observation
 so that any state, real or imagined, can be rendered and judged (Leike et al.
@@ -7,17 +7,22 @@ owns
 
 * ``true_reward(s, a, s_next)`` and ``unacceptable(s)``: the hidden objective,
   batched over leading dimensions, for synthetic teachers and evaluation only;
-* ``make_env(seed)``: the agent's environment, whose reward is hidden (NaN) and
-  which never terminates on failure (failure is an outcome the teacher labels,
-  not a termination rule the agent is told about);
+* ``make_env(seed)``: its gymnasium environment (registered as ``task.gym_id``,
+  :mod:`mbrm.tasks.envs`), which returns gymnasium's reward as usual (the agent's
+  code drops it) and never terminates on failure (failure is an outcome the
+  teacher labels, not a termination rule the agent is told about);
+* ``layout``: names and roles of the state dimensions, derived from the MuJoCo
+  model (:mod:`mbrm.tasks.layout`);
 * ``render(states)``: frames of any state sequence.
 
 The task-specific parts (physics quantities, the hidden rules, XML and reset
-hooks) live in one module per task beside this one.
+hooks) live in one module per task beside this one, or in a user's package or
+task file (:mod:`mbrm.tasks.task_file`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -27,8 +32,10 @@ from typing import Any
 import gymnasium as gym
 import mujoco
 import numpy as np
+from gymnasium.utils import seeding
 
-from mbrm.nn import DerivedFeature
+from mbrm.tasks.envs import base_class, full_state_class
+from mbrm.tasks.layout import StateLayout, derive_layout
 
 
 def _check_shapes(s: np.ndarray, a: np.ndarray, s_next: np.ndarray) -> None:
@@ -39,101 +46,91 @@ def _check_shapes(s: np.ndarray, a: np.ndarray, s_next: np.ndarray) -> None:
         )
 
 
-@dataclass(frozen=True)
-class StateLayout:
-    """Names and roles of the state dimensions ``qpos | qvel``.
-
-    names:     one name per dimension, ``qpos.<joint>`` then ``qvel.<joint>``
-    nq, nv:    sizes of qpos and qvel
-    excluded:  indices that are not network inputs (unbounded root positions that
-               do not change the dynamics); their deltas are still predicted
-    dt:        seconds per environment step (frame_skip * timestep)
-    periodic:  qpos indices of unlimited hinges, whose angles wrap around; networks
-               see them as (sin, cos)
-    derived:   features computed from the state that the reward model and the
-               classifier also read (e.g. reacher's fingertip position)
-    """
-
-    names: tuple[str, ...]
-    nq: int
-    nv: int
-    excluded: tuple[int, ...]
-    dt: float
-    periodic: tuple[int, ...] = ()
-    derived: tuple[DerivedFeature, ...] = ()
-
-    @property
-    def dim(self) -> int:
-        return len(self.names)
-
-    def index(self, name: str) -> int:
-        """Index of a named dimension, with an error listing the valid names."""
-        try:
-            return self.names.index(name)
-        except ValueError:
-            raise KeyError(
-                f"unknown state dimension {name!r}; this task has {list(self.names)}"
-            ) from None
-
-    @property
-    def periodic_mask(self) -> np.ndarray:
-        """Boolean [S]: True for angles of unlimited hinges."""
-        mask = np.zeros(self.dim, dtype=bool)
-        mask[list(self.periodic)] = True
-        return mask
-
-    @property
-    def input_mask(self) -> np.ndarray:
-        """Boolean [S]: True for dimensions fed to the networks."""
-        mask = np.ones(self.dim, dtype=bool)
-        mask[list(self.excluded)] = False
-        return mask
+def gym_id_of(name: str) -> str:
+    """The gymnasium id of a task: ``reacher_keepout`` -> ``mbrm/ReacherKeepout-v0``."""
+    return "mbrm/" + "".join(w[:1].upper() + w[1:] for w in name.split("_")) + "-v0"
 
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """A named control task with a hidden objective. See the module docstring."""
+    """A named control task with a hidden objective. See the module docstring.
+
+    name:               registry name, ``[a-z][a-z0-9_]*``; the gymnasium id is derived
+                        from it (:func:`gym_id_of`)
+    env_id:             the gymnasium MuJoCo env it is built on (``"Reacher-v5"``), or
+                        None for a bare MuJoCo model in ``xml``
+    episode_length:     steps per episode (the registered ``max_episode_steps``)
+    reward_fn:          ``(s, a, s_next, dt) -> [...]``, batched numpy, hidden
+    unacceptable_fn:    ``(s) -> bool [...]``, batched numpy, hidden
+    env_kwargs:         keyword arguments of the env (gymnasium's, or
+                        :class:`~mbrm.tasks.envs.MujocoXmlEnv`'s ``frame_skip``, ...)
+    excluded_inputs:    state names that are not network inputs; None: the unbounded
+                        root positions (:func:`~mbrm.tasks.layout.unbounded_root_positions`)
+    reset_fn:           called with the env at the end of every reset
+    xml:                a MuJoCo XML path, or a function that writes one and returns its
+                        path (called when an env is made)
+    """
 
     name: str
-    env_id: str
+    env_id: str | None
     description: str
     unacceptable_description: str
     episode_length: int
     reward_fn: Callable[..., np.ndarray] = field(repr=False)
     unacceptable_fn: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    excluded_inputs: tuple[str, ...] = ()
+    excluded_inputs: tuple[str, ...] | None = None
     reset_fn: Callable[[Any], None] | None = field(default=None, repr=False)
-    xml_fn: Callable[[], str] | None = field(default=None, repr=False)
+    xml: str | Callable[[], str] | None = field(default=None, repr=False)
     # (name, names of the state dimensions it reads, torch function states [..., S] -> [...]);
     # typed loosely because Hydra's instantiate turns a Task argument into a config node
     derived_features: tuple[Any, ...] = field(default=(), repr=False)
 
     # ---- environments
 
-    def _gym_kwargs(self) -> dict[str, Any]:
-        kw = dict(self.env_kwargs)
-        if self.xml_fn is not None:
-            kw["xml_file"] = self.xml_fn()
-        return kw
+    @property
+    def gym_id(self) -> str:
+        """The id this task is registered under with gymnasium (``mbrm/...-v0``)."""
+        return gym_id_of(self.name)
+
+    def build_env(self, **kwargs: Any) -> gym.Env:
+        """A new environment object, without gymnasium's wrappers (the registered entry
+        point); ``kwargs`` go to the env class beside the task's ``env_kwargs``."""
+        kw = {**self.env_kwargs, **kwargs}
+        if self.xml is not None:
+            kw["xml_file"] = self.xml if isinstance(self.xml, str) else self.xml()
+        if self.env_id is None:
+            kw["reward_fn"] = self.reward_fn
+        return full_state_class(base_class(self.env_id))(reset_hook=self.reset_fn, **kw)
 
     def make_raw_env(self, render_mode: str | None = None, **render_kw: Any) -> gym.Env:
-        """The gymnasium env *with* its reward. For tests and evaluation only."""
-        env = gym.make(
-            self.env_id,
+        """``gymnasium.make(task.gym_id)``: with gymnasium's wrappers and its time limit."""
+        return gym.make(
+            self.gym_id,
             max_episode_steps=self.episode_length,
             render_mode=render_mode,
             **render_kw,
-            **self._gym_kwargs(),
         )
-        return _TaskReset(env, self.reset_fn) if self.reset_fn else env
 
     def make_env(self, seed: int, render_mode: str | None = None, **render_kw: Any) -> gym.Env:
-        """The agent's environment: full-state observations, hidden reward.
+        """The agent's environment: the registered env as ``gymnasium.make`` builds it,
+        without its wrappers; it truncates itself after ``episode_length`` steps.
 
-        The first ``reset()`` without an explicit seed uses ``seed``.
+        The first ``reset()`` without an explicit seed uses ``seed``, and the action
+        space is seeded with it.
         """
-        env = AgentEnv(self.make_raw_env(render_mode, **render_kw), seed)
+        env = gym.make(
+            self.gym_id,
+            max_episode_steps=self.episode_length,
+            disable_env_checker=True,
+            render_mode=render_mode,
+            episode_length=self.episode_length,
+            **render_kw,
+        ).unwrapped
+        assert env.spec is not None
+        env.spec = dataclasses.replace(env.spec, max_episode_steps=self.episode_length)
+        # so that the caller's first reset() draws what reset(seed=seed) would
+        env.np_random, _ = seeding.np_random(seed)
         env.action_space.seed(seed)
         return env
 
@@ -141,7 +138,7 @@ class Task:
 
     @functools.cached_property
     def _model(self) -> mujoco.MjModel:
-        env = self.make_raw_env()
+        env = self.build_env()
         model = env.unwrapped.model
         self.__dict__["_frame_skip"] = env.unwrapped.frame_skip
         env.close()
@@ -149,30 +146,13 @@ class Task:
 
     @functools.cached_property
     def layout(self) -> StateLayout:
-        m = self._model
-        qpos_names, qvel_names = [""] * m.nq, [""] * m.nv
-        periodic = []
-        for j in range(m.njnt):
-            name = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j)
-            if int(m.jnt_type[j]) not in (
-                int(mujoco.mjtJoint.mjJNT_HINGE),
-                int(mujoco.mjtJoint.mjJNT_SLIDE),
-            ):
-                raise NotImplementedError(f"{self.name}: joint {name} is not a hinge or slide")
-            qpos_names[m.jnt_qposadr[j]] = f"qpos.{name}"
-            if int(m.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_HINGE) and not m.jnt_limited[j]:
-                periodic.append(int(m.jnt_qposadr[j]))
-            qvel_names[m.jnt_dofadr[j]] = f"qvel.{name}"
-        names = tuple(qpos_names + qvel_names)
-        layout = StateLayout(
-            names, m.nq, m.nv, (), float(m.opt.timestep * self.__dict__["_frame_skip"])
+        """Names and roles of the state dimensions, derived from the MuJoCo model."""
+        return derive_layout(
+            self._model,
+            self.__dict__["_frame_skip"],
+            excluded=self.excluded_inputs,
+            derived_features=self.derived_features,
         )
-        excluded = tuple(layout.index(n) for n in self.excluded_inputs)
-        derived = tuple(
-            DerivedFeature(name, tuple(layout.index(n) for n in reads), fn)
-            for name, reads, fn in self.derived_features
-        )
-        return StateLayout(names, m.nq, m.nv, excluded, layout.dt, tuple(periodic), derived)
 
     @functools.cached_property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -235,55 +215,3 @@ class Task:
         env = self.make_raw_env(render_mode="rgb_array", width=width, height=height)
         env.reset(seed=0)
         return env
-
-
-class _TaskReset(gym.Wrapper):
-    """Applies a task's reset hook after the inner reset (e.g. target resampling)."""
-
-    def __init__(self, env: gym.Env, hook: Callable[[Any], None]) -> None:
-        super().__init__(env)
-        self._hook = hook
-
-    def reset(self, **kwargs: Any):
-        _, info = self.env.reset(**kwargs)
-        self._hook(self.env)
-        u = self.env.unwrapped
-        return u._get_obs(), info
-
-
-class AgentEnv(gym.Wrapper):
-    """What the agent sees: ``qpos | qvel``, reward NaN, no failure termination.
-
-    ``terminated`` is True only if the simulation produced a non-finite state
-    (``info["nonfinite"]``); truncation at the episode length is kept.
-    """
-
-    _HIDDEN_INFO = ("reward", "x_velocity", "z_distance_from_origin")
-
-    def __init__(self, env: gym.Env, seed: int) -> None:
-        super().__init__(env)
-        m = env.unwrapped.model
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (m.nq + m.nv,), np.float64)
-        self._first_seed: int | None = int(seed)
-
-    def _state(self) -> np.ndarray:
-        d = self.env.unwrapped.data
-        return np.concatenate([d.qpos, d.qvel]).astype(np.float64)
-
-    def _clean(self, info: dict) -> dict:
-        return {k: v for k, v in info.items() if not k.startswith(self._HIDDEN_INFO)}
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is None and self._first_seed is not None:
-            seed = self._first_seed
-        self._first_seed = None
-        _, info = self.env.reset(seed=seed, options=options)
-        return self._state(), self._clean(info)
-
-    def step(self, action):
-        _, _, _, truncated, info = self.env.step(action)
-        s = self._state()
-        info = self._clean(info)
-        nonfinite = not np.isfinite(s).all()
-        info["nonfinite"] = nonfinite
-        return s, float("nan"), nonfinite, truncated, info

@@ -4,7 +4,7 @@ Hidden reward: gymnasium's HalfCheetah reward, forward progress per second minus
 0.1 times the squared action. Unacceptable: running faster than
 Safety-Gymnasium's HalfCheetah velocity threshold, or flipping the torso past
 90 degrees. Root x is kept in the state (for rendering and the reward) but is
-not a network input.
+not a network input (an unbounded root position: :mod:`mbrm.tasks.layout`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,4 @@ TASK = Task(
     episode_length=1000,
     reward_fn=true_reward,
     unacceptable_fn=unacceptable,
-    env_kwargs={"exclude_current_positions_from_observation": False},
-    excluded_inputs=("qpos.rootx",),
 )

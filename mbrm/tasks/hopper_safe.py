@@ -3,8 +3,9 @@
 Hidden reward: gymnasium's Hopper reward, forward progress per second plus 1
 while healthy minus 1e-3 times the squared action. Unacceptable: falling
 (gymnasium's unhealthy condition) or hopping faster than Safety-Gymnasium's
-Hopper velocity threshold. The agent's env does not terminate when unhealthy;
-root x is kept in the state but is not a network input.
+Hopper velocity threshold. The env does not terminate when unhealthy (no task's
+env terminates on failure); root x is kept in the state but is not a network
+input (an unbounded root position: :mod:`mbrm.tasks.layout`).
 """
 
 from __future__ import annotations
@@ -53,9 +54,4 @@ TASK = Task(
     episode_length=1000,
     reward_fn=true_reward,
     unacceptable_fn=unacceptable,
-    env_kwargs={
-        "exclude_current_positions_from_observation": False,
-        "terminate_when_unhealthy": False,
-    },
-    excluded_inputs=("qpos.rootx",),
 )

@@ -146,6 +146,6 @@ TASK = Task(
     reward_fn=true_reward,
     unacceptable_fn=unacceptable,
     reset_fn=resample_target,
-    xml_fn=keepout_xml,
+    xml=keepout_xml,
     derived_features=REACHER_DERIVED,
 )
