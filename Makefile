@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/planner.py --dtype float32
 	$(BIN)/python benchmarks/qp_filter.py
 
+# mbrl-lib 0.2.0's PETS-CEM planning step beside ours, alternately (installs it into benchmarks/.mbrl-lib).
+.PHONY: bench-mbrl
+bench-mbrl: $(STAMP)
+	$(BIN)/python benchmarks/mbrl_lib_pets.py
+
 # The README's Results tables (each script reuses finished runs under benchmarks/runs/).
 experiments: $(STAMP)
 	$(BIN)/python benchmarks/exp1_preferences.py --oracle-mode

@@ -1,10 +1,11 @@
 """Experiment 7: planner throughput against this machine's GEMM peak.
 
-Runs ``benchmarks/planner.py`` (PETS HalfCheetah size: 400 sequences x 30 steps x 20
-particles, 5 imagination calls per step, world model 5 x 4 x 200, reward ensemble
-5 x 3 x 128, random weights) one configuration at a time -- timings, so never two at
-once -- for CEM in float32, CEM in bfloat16, and MCTS in float32 at CEM's number of
-model calls, all on one torch thread. Measured: seconds per planning step, imagined
+Runs ``benchmarks/planner.py`` (PETS HalfCheetah shape: 400 sequences x 30 steps x 20
+particles, 5 imagination calls per step; the agent's whole imagination at the configured
+sizes: world model 5 elites x 4 x 200, reward ensemble and constraint classifier 5 x 2 x 64,
+the task's constraint set; untrained weights) one configuration at a time -- timings, so
+never two at once -- for CEM in float32, CEM in bfloat16, and MCTS in float32 at CEM's
+number of model calls, all on one torch thread. Measured: seconds per planning step, imagined
 transitions per second, model GFLOP/s and their fraction of the GEMM peak (the same
 matmuls in the same dtype and shapes run back to back, best of 10), the hidden
 activations (SiLU) alone and the bound they put on that fraction, the planner's own

@@ -1,103 +1,144 @@
-"""Planner speed on the PETS HalfCheetah configuration, against this machine's GEMM peak.
+"""Planner speed with the agent's whole imagination, and where an imagination call goes.
 
-    python benchmarks/planner.py --task half_cheetah_safe --pop 400 --horizon 30 --iters 5 \
-        --particles 20 --ensemble 5 --hidden 200 --layers 4 --dtype float32 [--planner mcts]
+    python benchmarks/planner.py [--task half_cheetah_safe] [--planner cem|icem|mcts]
+        [--dtype float32|bfloat16] [--threads 1] [--repeats 5] [--no-peak]
 
-The imagination is a world model (``WorldModel.rollout``, trajectory sampling TS1)
-plus a reward ensemble (``EnsembleMLP``, 5 members) evaluated on every imagined
-(state, action), and a speed-limit flag as ``p_unacceptable``; all weights are
-random, which is fine for timing. ``--planner mcts`` runs MCTS with the same
-number and size of imagination calls as CEM (``iters`` calls of ``pop``
-sequences). Prints one JSON line:
+The imagination is the agent's own: ``build_loop`` on the composed config (``configs/``,
+with ``task=...``) and then ``parts.imagination(parts.constraint_set(classifier_ready=True))``,
+i.e. the world model's trajectory sampling (TS1), the reward ensemble on every imagined
+step, and the task's constraint set (its hard entries and the learned entry, whose
+classifier is first fitted for a few epochs on random states labelled by the task's rule
+and calibrated, so that the learned entry is in the set). Model sizes default to the
+configured ones (``world_model``, ``reward_model``, ``classifier`` groups); flags override
+them. The weights are untrained, which does not change the cost.
 
-- ``s_per_step``: median seconds of one ``plan`` call over ``--repeats`` calls
+The default *shape* of a planning step is mbrl-lib's PETS HalfCheetah setting, not the
+configured planner: 400 sequences x 30 steps, 5 iterations (40 elites), 20 particles
+(``experiment.particles`` is 10 in the config). ``--planner mcts`` runs MCTS with the same
+number and size of imagination calls (``iters`` calls of ``pop`` sequences).
+
+Prints a readable split to stderr and one JSON line to stdout:
+
+- ``s_per_step`` / ``cpu_s_per_step``: median wall / process-CPU seconds of one ``plan``
 - ``transitions_per_s``: imagined transitions (sequence x particle x step) per second
-- ``gflops``: model FLOPs (both networks' matmuls) per second of planning
-- ``gemm_peak_gflops``: the same matmuls, in the same dtype and shapes, run back to
-  back on preallocated buffers, best of 10 each as one batched call per layer and as
-  one call per member and layer (what the step would reach with zero overhead)
-- ``activation_s_per_step``: the step's hidden activations (SiLU) alone, best of 10
-- ``activation_bound_fraction``: ``gemm / (gemm + activation)`` seconds per step, the
-  highest fraction of the GEMM peak reachable with this activation if all else were free
-- ``square_gemm_gflops``: one large square matmul in that dtype, for reference
-- ``planner_overhead_s``: one ``plan`` call with an imagination whose cost is a
-  single small matmul, i.e. the planner's own sampling, scoring and bookkeeping
-- ``rollout_s`` / ``reward_s``: one imagination call's world-model and reward parts
+- ``split_s_per_call`` / ``split_fraction``: one imagination call's (of ``pop`` sequences)
+  ``world_model``, ``reward``, ``classifier``, ``constraint_entries`` (the other entries
+  and the set's maximum), ``imagination_other`` (the imagination's own tensor glue), and
+  ``planner`` (the step's time outside imagination calls, per call); fractions sum to 1
+- ``alignment_fraction``: reward + classifier + constraint entries over the imagination call
+- ``rejected_fraction``: candidates the constraint set rejected in the timed steps
+- ``rollout_s_per_call`` / ``reward_s_per_call``: the world-model and reward parts
 - ``peak_rss_gib``: the process's peak resident memory
+
+Unless ``--no-peak``, also the model FLOP rate against this CPU's GEMM peak:
+``gflops`` (all three networks' matmuls per second of planning), ``gemm_peak_gflops``
+(the same matmuls, dtypes and shapes back to back on preallocated buffers, best of 10 as
+one batched call per layer and as one call per member and layer), ``fraction_of_gemm_peak``,
+``activation_s_per_step`` (the hidden SiLUs alone, best of 10),
+``activation_bound_fraction`` (``gemm / (gemm + activation)``: the most this activation
+allows if all else were free), ``square_gemm_gflops``, and ``planner_overhead_s`` (one
+``plan`` with an imagination whose cost is one small matmul).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from mbrm.nn import EnsembleMLP, inference_copy, member_mean_std, resolve_dtype
-from mbrm.tasks import CHEETAH_SPEED_LIMIT, get_task
-from mbrm.world_model import WorldModel
-from planners import CEMSettings, ImaginedBatch, MCTSSettings, make_planner
+from mbrm.nn import INFERENCE_CHUNK, EnsembleMLP
+from mbrm.run import build_loop, compose_config
+from planners import ImaginedBatch
 
-# Rows per reward-ensemble call. Small chunks keep the [E, rows, hidden] activations
-# in cache: at 2048 rows the reward part ran 2.5x faster than at 65536 on this CPU
-# (1.03 s against 2.61 s per imagination call, float32, one thread).
-REWARD_CHUNK = 2048
+Gemm = tuple[int, int, int, int, int, torch.dtype]  # calls, E, rows per member, in, out, dtype
+SPLIT = ("world_model", "reward", "classifier", "constraint_entries", "imagination_other")
 
 
-class BenchImagination:
-    """World model + reward ensemble + a speed limit, timed per part."""
+class Timed:
+    """``target`` with the seconds of every call of its method ``method`` kept in
+    ``seconds``; every other attribute is the target's."""
 
-    def __init__(
-        self,
-        world_model: WorldModel,
-        reward_net: EnsembleMLP,
-        *,
-        particles: int,
-        dtype: str,
-        limit_dim: int,
-        generator: torch.Generator,
-    ) -> None:
-        self.wm = world_model
-        self.reward_net = inference_copy(reward_net, dtype)
-        self.particles = particles
-        self.dtype = dtype
-        self.limit_dim = limit_dim
-        self.generator = generator
-        self.rollout_s: list[float] = []
-        self.reward_s: list[float] = []
+    def __init__(self, target: Any, method: str) -> None:
+        self.target = target
+        self.seconds: list[float] = []
+        call = getattr(target, method)
 
-    @torch.no_grad()
-    def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
-        t0 = time.perf_counter()
-        states = self.wm.rollout(
-            state, actions, particles=self.particles, generator=self.generator, dtype=self.dtype
-        )  # [N, P, H+1, S]
-        t1 = time.perf_counter()
-        N, P, H1, S = states.shape
-        H, A = H1 - 1, actions.shape[-1]
-        sa = [states[:, :, :-1], actions[:, None].expand(N, P, H, A)]
-        x = torch.cat(sa, -1)  # [N, P, H, S+A]
-        E = self.reward_net.ensemble_size
-        rows = x.reshape(N * P * H, S + A)
-        y = torch.empty(E, N * P * H)
-        scratch = self.reward_net.scratch(REWARD_CHUNK)  # activations reused by every chunk
-        for start in range(0, N * P * H, REWARD_CHUNK):
-            c = rows[start : start + REWARD_CHUNK]
-            y[:, start : start + len(c)] = self.reward_net.infer(
-                c[None].expand(E, -1, -1), scratch
-            )[..., 0]
-        y = y.view(E, N, P, H)
-        mean, std = member_mean_std(y, unbiased=True)  # [N, P, H]
-        p = (states[:, :, 1:, self.limit_dim] > CHEETAH_SPEED_LIMIT).float()  # [N, P, H]
-        self.rollout_s.append(t1 - t0)
-        self.reward_s.append(time.perf_counter() - t1)
-        return ImaginedBatch(states, mean, std, p, violations={"speed": p})
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = call(*args, **kwargs)
+            self.seconds.append(time.perf_counter() - t0)
+            return out
+
+        setattr(self, method, timed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+class TimedClassifier(Timed):
+    """A timed classifier; ``threshold`` is declared so the ``Classifier`` protocol sees it."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target, "predict")
+
+    @property
+    def threshold(self) -> float | None:
+        return self.target.threshold
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The composed config's overrides: task, shape, dtype and any size flags given."""
+    out = [f"task={args.task}", f"planner={args.planner}", "progress=false"]
+    out += [f"experiment.particles={args.particles}", f"experiment.dtype={args.dtype}"]
+    if args.planner == "mcts":
+        out += [f"planner.simulations={args.pop * args.iters}", f"planner.batch_size={args.pop}"]
+    else:
+        out += [f"planner.population={args.pop}", f"planner.elites={args.elites}"]
+        out += [f"planner.iterations={args.iters}"]
+    out.append(f"planner.horizon={args.horizon}")
+    if args.threads is not None:
+        out.append(f"threads={args.threads}")
+    if args.ensemble is not None:  # members, all of them elites
+        out += [f"world_model.ensemble_size={args.ensemble}", f"world_model.elites={args.ensemble}"]
+    sizes = {
+        "world_model.hidden": args.hidden,
+        "world_model.layers": args.layers,
+        "reward_model.ensemble_size": args.reward_ensemble,
+        "reward_model.hidden": args.reward_hidden,
+        "reward_model.layers": args.reward_layers,
+        "classifier.ensemble_size": args.classifier_ensemble,
+        "classifier.hidden": args.classifier_hidden,
+        "classifier.layers": args.classifier_layers,
+    }
+    return out + [f"{k}={v}" for k, v in sizes.items() if v is not None]
+
+
+def calibrate_classifier(classifier: Any, task: Any, alpha: float) -> float:
+    """Fit the classifier for a few epochs on random states labelled by the task's rule and
+    calibrate it, so that the learned entry joins the set (its cost does not depend on
+    what it learned). Returns the threshold."""
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(4000, task.state_dim, generator=gen) * 2.0  # [M, S]
+    flags = task.unacceptable(s.double().numpy())
+    if min(flags.sum(), (~flags).sum()) < 100:  # a rule these states rarely (or always) meet
+        x = s[:, 0].numpy()
+        flags = x > np.quantile(x, 0.9)
+    classifier.fit(s[:3000], flags[:3000], generator=gen, epochs=2)
+    return classifier.calibrate(s[3000:], flags[3000:], alpha=alpha)
 
 
 def cheap_imagination(N: int, P: int, H: int, S: int, A: int) -> Callable:
@@ -115,48 +156,44 @@ def cheap_imagination(N: int, P: int, H: int, S: int, A: int) -> Callable:
     return imagine
 
 
-def linear_shapes(net: EnsembleMLP) -> list[tuple[int, int]]:
-    return [(lin.in_features, lin.out_features) for lin in net.linears]
-
-
 def network_calls(
-    wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
+    nets: list[tuple[EnsembleMLP, int, int]],
 ) -> list[tuple[int, int, int, EnsembleMLP]]:
-    """(calls, E, rows per member, network) of the forward passes of one imagination call."""
-    E_wm = wm_net.ensemble_size
-    per = -(-N * P // E_wm)  # rows are dealt to members in equal groups
-    out = [(H, E_wm, per, wm_net)]
-    full, rest = divmod(N * P * H, REWARD_CHUNK)
-    for calls, b in ((full, REWARD_CHUNK), (1 if rest else 0, rest)):
-        if calls:
-            out.append((calls, reward_net.ensemble_size, b, reward_net))
+    """(calls, E, rows per member, network) of the forward passes of one imagination call,
+    from (network, rows per pass, passes) for rows split into ``INFERENCE_CHUNK`` slices
+    (passes > 0: that many passes of exactly these rows, as the world model's steps)."""
+    out = []
+    for net, rows, passes in nets:
+        if passes:
+            out.append((passes, net.ensemble_size, rows, net))
+            continue
+        full, rest = divmod(rows, INFERENCE_CHUNK)
+        for calls, b in ((full, INFERENCE_CHUNK), (1 if rest else 0, rest)):
+            if calls:
+                out.append((calls, net.ensemble_size, b, net))
     return out
 
 
-def model_gemms(
-    wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
-) -> list[tuple[int, int, int, int, int]]:
-    """(calls, E, rows per member, in, out) of every matmul of one imagination call."""
+def model_gemms(calls: list[tuple[int, int, int, EnsembleMLP]]) -> list[Gemm]:
+    """(calls, E, rows per member, in, out, dtype) of every matmul of one imagination call."""
     return [
-        (c, e, b, i, o)
-        for c, e, b, net in network_calls(wm_net, reward_net, N, P, H)
-        for i, o in linear_shapes(net)
+        (c, e, b, lin.in_features, lin.out_features, lin.weight.dtype)
+        for c, e, b, net in calls
+        for lin in net.linears
     ]
 
 
-def model_activations(
-    wm_net: EnsembleMLP, reward_net: EnsembleMLP, N: int, P: int, H: int
-) -> list[tuple[int, int, int, int]]:
-    """(calls, E, rows per member, width) of every hidden activation of one imagination call."""
+def model_activations(calls: list[tuple[int, int, int, EnsembleMLP]]) -> list[Gemm]:
+    """The same for every hidden activation (in = out = its width)."""
     return [
-        (c, e, b, o)
-        for c, e, b, net in network_calls(wm_net, reward_net, N, P, H)
-        for _, o in linear_shapes(net)[:-1]
+        (c, e, b, lin.out_features, lin.out_features, lin.weight.dtype)
+        for c, e, b, net in calls
+        for lin in net.linears[:-1]
     ]
 
 
-def gemm_flops(gemms: list[tuple[int, int, int, int, int]]) -> float:
-    return float(sum(2 * c * e * b * i * o for c, e, b, i, o in gemms))
+def gemm_flops(gemms: list[Gemm]) -> float:
+    return float(sum(2 * c * e * b * i * o for c, e, b, i, o, _ in gemms))
 
 
 def best_seconds(once: Callable[[], None], repeats: int = 10) -> float:
@@ -170,15 +207,15 @@ def best_seconds(once: Callable[[], None], repeats: int = 10) -> float:
     return best
 
 
-def gemm_peak(gemms: list[tuple[int, int, int, int, int]], dtype: torch.dtype) -> float:
+def gemm_peak(gemms: list[Gemm]) -> float:
     """GFLOP/s of exactly these batched matmuls on preallocated buffers (best of 10)."""
     gen = torch.Generator().manual_seed(0)
     bufs = []
-    for _, e, b, i, o in gemms:
-        x = torch.randn(e, b, i, generator=gen).to(dtype)
-        w = torch.randn(e, i, o, generator=gen).to(dtype)
-        bias = torch.randn(e, 1, o, generator=gen).to(dtype)
-        bufs.append((x, w, bias, torch.empty(e, b, o, dtype=dtype)))
+    for _, e, b, i, o, dt in gemms:
+        x = torch.randn(e, b, i, generator=gen).to(dt)
+        w = torch.randn(e, i, o, generator=gen).to(dt)
+        bias = torch.randn(e, 1, o, generator=gen).to(dt)
+        bufs.append((x, w, bias, torch.empty(e, b, o, dtype=dt)))
 
     def batched() -> None:  # one call per layer, as EnsembleMLP.forward
         for (c, *_), (x, w, bias, y) in zip(gemms, bufs, strict=True):
@@ -191,21 +228,20 @@ def gemm_peak(gemms: list[tuple[int, int, int, int, int]], dtype: torch.dtype) -
                 for m in range(e):
                     torch.addmm(bias[m], x[m], w[m], out=y[m])
 
-    best = min(best_seconds(batched), best_seconds(per_member))
     # The best of 10 runs of either form: a peak, so that the fraction reported is not
     # flattered by a slow moment or by the form the model happens to use.
-    return gemm_flops(gemms) / best / 1e9
+    return gemm_flops(gemms) / min(best_seconds(batched), best_seconds(per_member)) / 1e9
 
 
-def activation_time(acts: list[tuple[int, int, int, int]], dtype: torch.dtype) -> float:
+def activation_time(acts: list[Gemm]) -> float:
     """Seconds of the hidden activations alone (SiLU into a second buffer, as
     ``EnsembleMLP.infer``), best of 10: with the GEMMs at their peak, the planning
     step cannot be faster than both together, so ``gemm / (gemm + activation)`` is
     the fraction of the GEMM peak this CPU allows with this activation."""
     gen = torch.Generator().manual_seed(0)
     bufs = [
-        (torch.randn(b, o, generator=gen).to(dtype), torch.empty(b, o, dtype=dtype))
-        for _, _, b, o in acts
+        (torch.randn(b, o, generator=gen).to(dt), torch.empty(b, o, dtype=dt))
+        for _, _, b, o, _, dt in acts
     ]
 
     def once() -> None:
@@ -230,38 +266,188 @@ def square_gemm(dtype: torch.dtype, n: int = 2048) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def build_planner(name: str, args: argparse.Namespace, low: np.ndarray, high: np.ndarray):
-    if name == "mcts":
-        settings = MCTSSettings(
-            horizon=args.horizon, simulations=args.pop * args.iters, batch_size=args.pop
-        )
-        return make_planner(settings, low, high)
-    icem = name == "icem"
-    settings = CEMSettings(
-        horizon=args.horizon,
-        population=args.pop,
-        elites=args.elites,
-        iterations=args.iters,
-        noise_beta=2.0 if icem else 0.0,
-        keep_elites=0.3 if icem else 0.0,
-        add_mean=icem,
-        execute_best=icem,
-    )
-    return make_planner(settings, low, high)
-
-
-def time_plans(planner, state, imagine, repeats: int) -> tuple[list[float], list[float], object]:
-    """Wall and process-CPU seconds of ``repeats`` warm-started plan calls."""
+def time_plans(
+    planner, state, imagine, repeats: int, after_warm_up: Callable[[], None] = lambda: None
+) -> tuple[list[float], list[float], list]:
+    """Wall and process-CPU seconds of ``repeats`` warm-started plan calls, and their results
+    (one untimed call first: it builds the cached inference copies)."""
     gen = torch.Generator().manual_seed(0)
-    prev, wall, cpu, result = None, [], [], None
+    prev, wall, cpu, results = None, [], [], []
     for r in range(repeats + 1):
+        if r == 1:
+            after_warm_up()
         t0, c0 = time.perf_counter(), time.process_time()
         result = planner.plan(state, imagine, generator=gen, previous_plan=prev)
-        if r > 0:  # the first call builds cached inference copies
+        if r > 0:
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+            results.append(result)
         prev = result.plan
-    return wall, cpu, result
+    return wall, cpu, results
+
+
+def split(
+    timers: dict[str, Timed], imagination: list[float], steps: float, calls: float
+) -> dict[str, float]:
+    """Seconds of each part per imagination call of ``pop`` sequences (``calls`` of them in
+    the timed steps; CEM's call on its mean counts as 1/pop), and the planner's time
+    outside the calls on the same scale."""
+    total = sum(imagination)
+    wm, rw, clf, cs = (sum(timers[k].seconds) for k in ("wm", "reward", "classifier", "set"))
+    parts = {
+        "world_model": wm,
+        "reward": rw,
+        "classifier": clf,
+        "constraint_entries": cs - clf,
+        "imagination_other": total - wm - rw - cs,
+        "planner": steps - total,
+    }
+    return {k: v / calls for k, v in parts.items()}
+
+
+def measure(args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
+    """Time ``repeats`` planning steps in the agent's imagination, part by part."""
+    loop = build_loop(compose_config(overrides(args)), run_dir)
+    parts, task = loop.parts, loop.parts.task
+    settings = parts.settings
+    threshold = calibrate_classifier(parts.classifier, task, settings.alpha)
+    timers = {
+        "wm": Timed(parts.world_model, "rollout"),
+        "reward": Timed(parts.reward_model, "predict"),
+        "classifier": TimedClassifier(parts.classifier),
+    }
+    timed_parts = dataclasses.replace(
+        parts,
+        world_model=timers["wm"],
+        reward_model=timers["reward"],
+        classifier=timers["classifier"],
+    )
+    timers["set"] = Timed(timed_parts.constraint_set(classifier_ready=True), "evaluate")
+    model = timed_parts.imagination(timers["set"], torch.Generator().manual_seed(0))
+    imagination_s: list[float] = []
+
+    def imagine(state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
+        t0 = time.perf_counter()
+        out = model(state, actions)
+        imagination_s.append(time.perf_counter() - t0)
+        return out
+
+    def clear() -> None:
+        for t in timers.values():
+            t.seconds.clear()
+        imagination_s.clear()
+
+    state = torch.zeros(task.state_dim)
+    times, cpu_times, results = time_plans(parts.planner, state, imagine, args.repeats, clear)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB, before peaks
+    calls = sum(r.n_candidates for r in results) / args.pop  # calls of pop sequences
+    per_call = split(timers, imagination_s, sum(times), calls)
+    imagination_call = sum(imagination_s) / calls
+    result = results[-1]
+    step_s = statistics.median(times)
+    transitions = result.n_candidates * settings.particles * args.horizon
+    wm, rm, clf = parts.world_model, parts.reward_model, parts.classifier
+    out: dict[str, Any] = {
+        "task": task.name,
+        "planner": args.planner,
+        "dtype": settings.dtype,
+        "pop": args.pop,
+        "horizon": args.horizon,
+        "iters": args.iters,
+        "particles": settings.particles,
+        "ensemble": len(wm.elite_idx),
+        "world_model_members": wm.ensemble_size,
+        **mlp_size("", wm.net),
+        **mlp_size("reward_", rm.net.mlp, ensemble=True),
+        **mlp_size("classifier_", clf.net.mlp, ensemble=True),
+        "constraint_set": list(timers["set"].names),
+        "classifier_threshold": round(threshold, 4),
+        "threads": torch.get_num_threads(),
+        "imagination_calls": result.n_calls,
+        "sequences": result.n_candidates,
+        "s_per_step": round(step_s, 4),
+        "s_per_step_all": [round(t, 4) for t in times],
+        # On a shared machine wall time includes waiting for a core; CPU seconds per
+        # thread do not (the planner keeps torch's threads busy or idle, never oversubscribed).
+        "cpu_s_per_step": round(statistics.median(cpu_times), 4),
+        "transitions_per_s": round(transitions / step_s),
+        "imagination_s_per_call": round(imagination_call, 4),
+        "split_s_per_call": {k: round(v, 4) for k, v in per_call.items()},
+        "split_fraction": {k: round(v / sum(per_call.values()), 4) for k, v in per_call.items()},
+        "alignment_fraction": round(
+            (per_call["reward"] + per_call["classifier"] + per_call["constraint_entries"])
+            / imagination_call,
+            4,
+        ),
+        "rejected_fraction": round(
+            sum(r.n_rejected for r in results) / sum(r.n_candidates for r in results), 4
+        ),
+        "rollout_s_per_call": round(per_call["world_model"], 4),
+        "reward_s_per_call": round(per_call["reward"], 4),
+        "peak_rss_gib": round(peak_rss, 3),
+    }
+    if args.peak:
+        out |= peak_figures(parts, args, result, step_s, state)
+    loop.store.close()
+    return out
+
+
+def mlp_size(prefix: str, mlp: EnsembleMLP, ensemble: bool = False) -> dict[str, int]:
+    """Width and hidden layers (and members) of an ensemble MLP, as JSON keys."""
+    out = {f"{prefix}hidden": mlp.linears[0].out_features, f"{prefix}layers": len(mlp.linears) - 1}
+    return out | ({f"{prefix}ensemble": mlp.ensemble_size} if ensemble else {})
+
+
+def peak_figures(parts, args, result, step_s: float, state: torch.Tensor) -> dict[str, Any]:
+    """The step's model FLOP rate against the same matmuls at this CPU's peak."""
+    dtype = parts.settings.dtype
+    N, P, H = args.pop, parts.settings.particles, args.horizon
+    wm = parts.world_model._elite_net(dtype)
+    nets = [
+        (wm, -(-N * P // wm.ensemble_size), H),  # rows dealt to members in equal groups
+        (parts.reward_model._inference_net(dtype).mlp, N * P * H, 0),
+        *((clf.mlp, N * P * H, 0) for clf in parts.classifier._inference.values()),
+    ]
+    calls = network_calls(nets)
+    calls_per_step = result.n_candidates / args.pop  # a smaller call (CEM's mean) counts less
+    gemms = model_gemms(calls)
+    flops_step = gemm_flops(gemms) * calls_per_step
+    peak = gemm_peak(gemms)
+    gemm_s = flops_step / peak / 1e9  # the step's matmuls at the peak rate
+    act_s = activation_time(model_activations(calls)) * calls_per_step
+    S, A = parts.task.state_dim, parts.task.action_dim
+    cheap_times, _, _ = time_plans(
+        parts.planner, state, cheap_imagination(N, P, H, S, A), args.repeats
+    )
+    gflops = flops_step / step_s / 1e9
+    return {
+        "model_gflop_per_step": round(flops_step / 1e9, 2),
+        "gflops": round(gflops, 1),
+        "gemm_peak_gflops": round(peak, 1),
+        "fraction_of_gemm_peak": round(gflops / peak, 3),
+        "gemm_s_per_step_at_peak": round(gemm_s, 3),
+        "activation_s_per_step": round(act_s, 3),
+        # The most this CPU allows with the networks' activation: all else free.
+        "activation_bound_fraction": round(gemm_s / (gemm_s + act_s), 3),
+        "square_gemm_gflops": round(square_gemm(wm.linears[0].weight.dtype), 1),
+        "planner_overhead_s": round(statistics.median(cheap_times), 4),
+    }
+
+
+def report(out: dict[str, Any]) -> str:
+    """The split as a few readable lines."""
+    lines = [
+        f"{out['task']} {out['planner']} {out['dtype']}: {out['s_per_step']:.3f} s per step, "
+        f"{out['transitions_per_s']:,} imagined transitions/s, "
+        f"{out['imagination_s_per_call']:.4f} s per imagination call of {out['pop']} sequences"
+    ]
+    for k, v in out["split_s_per_call"].items():
+        lines.append(f"  {k:<20} {v:8.4f} s per call  {out['split_fraction'][k]:6.1%}")
+    lines.append(
+        f"  alignment stack (reward + classifier + constraint entries): "
+        f"{out['alignment_fraction']:.1%} of an imagination call"
+    )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -275,123 +461,26 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--iters", type=int, default=5, help="imagination calls per planning step")
     p.add_argument("--particles", type=int, default=20)
-    p.add_argument("--ensemble", type=int, default=5, help="world-model members (all elites)")
-    p.add_argument("--hidden", type=int, default=200)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument(
-        "--reward-hidden",
-        type=int,
-        default=128,
-        help="reward-ensemble width (configs/reward_model uses 64)",
-    )
-    p.add_argument("--reward-layers", type=int, default=3)
+    sizes = "default: the configured size"
+    p.add_argument("--ensemble", type=int, help=f"world-model members, all elites ({sizes})")
+    p.add_argument("--hidden", type=int, help=f"world-model width ({sizes})")
+    p.add_argument("--layers", type=int, help=f"world-model hidden layers ({sizes})")
+    for name in ("reward", "classifier"):
+        p.add_argument(f"--{name}-ensemble", type=int, help=f"{name} members ({sizes})")
+        p.add_argument(f"--{name}-hidden", type=int, help=f"{name} width ({sizes})")
+        p.add_argument(f"--{name}-layers", type=int, help=f"{name} hidden layers ({sizes})")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed planning steps")
     p.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+        "--threads", type=int, help="torch intra-op threads (default: the config's, 1; 0: torch's)"
+    )
+    p.add_argument(
+        "--no-peak", dest="peak", action="store_false", help="skip the GEMM-peak figures"
     )
     args = p.parse_args()
-    if args.threads > 0:
-        # On a shared, oversubscribed machine one thread avoids waiting at OpenMP barriers.
-        torch.set_num_threads(args.threads)
-
-    task = get_task(args.task)
-    S, A = task.state_dim, task.action_dim
-    low, high = task.action_bounds
-    wm = WorldModel(
-        S,
-        A,
-        input_mask=task.layout.input_mask,
-        ensemble_size=args.ensemble,
-        elites=args.ensemble,
-        hidden=args.hidden,
-        layers=args.layers,
-    )
-    reward_net = EnsembleMLP(
-        5,
-        S + A,
-        1,
-        hidden=args.reward_hidden,
-        layers=args.reward_layers,
-        generator=torch.Generator().manual_seed(2),
-    )
-    gen = torch.Generator().manual_seed(0)
-    imagine = BenchImagination(
-        wm,
-        reward_net,
-        particles=args.particles,
-        dtype=args.dtype,
-        limit_dim=task.layout.index("qvel.rootx"),
-        generator=gen,
-    )
-    state = torch.zeros(S)
-    planner = build_planner(args.planner, args, low, high)
-    times, cpu_times, result = time_plans(planner, state, imagine, args.repeats)
-    peak_rss = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    )  # GiB, before the GEMM test
-    step_s = statistics.median(times)
-    calls = result.n_calls
-    # Timing of the imagination's parts, over the timed calls only.
-    timed = slice(len(imagine.rollout_s) - calls * args.repeats, None)
-    per_call = {
-        "rollout_s": statistics.median(imagine.rollout_s[timed]),
-        "reward_s": statistics.median(imagine.reward_s[timed]),
-    }
-
-    wm_net = wm._elite_net(args.dtype)
-    gemms = model_gemms(wm_net, imagine.reward_net, args.pop, args.particles, args.horizon)
-    flops_step = gemm_flops(gemms) * result.n_candidates / args.pop  # the mean's call is smaller
-    dt = resolve_dtype(args.dtype)
-    peak = gemm_peak(gemms, dt)
-    gemm_s = flops_step / peak / 1e9  # the step's matmuls at the peak rate
-    acts = model_activations(wm_net, imagine.reward_net, args.pop, args.particles, args.horizon)
-    act_s = activation_time(acts, dt) * result.n_candidates / args.pop
-
-    cheap_times, _, _ = time_plans(
-        build_planner(args.planner, args, low, high),
-        state,
-        cheap_imagination(args.pop, args.particles, args.horizon, S, A),
-        args.repeats,
-    )
-    transitions = result.n_candidates * args.particles * args.horizon
-    gflops = flops_step / step_s / 1e9
-    out = {
-        "task": args.task,
-        "planner": args.planner,
-        "dtype": args.dtype,
-        "pop": args.pop,
-        "horizon": args.horizon,
-        "iters": args.iters,
-        "particles": args.particles,
-        "ensemble": args.ensemble,
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "reward_hidden": args.reward_hidden,
-        "reward_layers": args.reward_layers,
-        "threads": torch.get_num_threads(),
-        "imagination_calls": calls,
-        "sequences": result.n_candidates,
-        "s_per_step": round(step_s, 4),
-        "s_per_step_all": [round(t, 4) for t in times],
-        # On a shared machine wall time includes waiting for a core; CPU seconds per
-        # thread do not (the planner keeps torch's threads busy or idle, never oversubscribed).
-        "cpu_s_per_step": round(statistics.median(cpu_times), 4),
-        "transitions_per_s": round(transitions / step_s),
-        "model_gflop_per_step": round(flops_step / 1e9, 2),
-        "gflops": round(gflops, 1),
-        "gemm_peak_gflops": round(peak, 1),
-        "fraction_of_gemm_peak": round(gflops / peak, 3),
-        "gemm_s_per_step_at_peak": round(gemm_s, 3),
-        "activation_s_per_step": round(act_s, 3),
-        # The most this CPU allows with the networks' activation: all else free.
-        "activation_bound_fraction": round(gemm_s / (gemm_s + act_s), 3),
-        "square_gemm_gflops": round(square_gemm(dt), 1),
-        "rollout_s_per_call": round(per_call["rollout_s"], 4),
-        "reward_s_per_call": round(per_call["reward_s"], 4),
-        "planner_overhead_s": round(statistics.median(cheap_times), 4),
-        "peak_rss_gib": round(peak_rss, 3),
-    }
+    with tempfile.TemporaryDirectory() as run_dir:
+        out = measure(args, run_dir)
+    print(report(out), file=sys.stderr)
     print(json.dumps(out))
 
 
