@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
 PLANNER_DEPENDENCIES = frozenset({"torch", "numpy"})
 # One entry per application; a module may import modules of its own application only.
-APPLICATIONS: tuple[str, ...] = ("mbrm.cli", "mbrm.labeling", "mbrm.report")
+APPLICATIONS: tuple[str, ...] = ("mbrm.cli", "mbrm.options", "mbrm.labeling", "mbrm.report")
 
 
 def _load_import_graph() -> ModuleType:

@@ -130,4 +130,5 @@ main(["train", "-m", "hydra/launcher=slurm", "seed=0,1", "hydra.sweep.dir=sweep"
     # refused at start-up: one line, status 2, no sweep folder
     assert done.returncode == 2, done.stderr[-4000:]
     assert done.stderr.startswith("mbrm: error: ") and len(done.stderr.splitlines()) == 1
+    assert "pip install 'mbrm[slurm]'" in done.stderr
     assert not (tmp_path / "sweep").exists()

@@ -34,12 +34,10 @@ WALKER_JOINTS = (
     "leg_left_joint",
     "foot_left_joint",
 )
-# The learned classifier, the speed bound and the actuator range, given on the command line.
+# constraints/custom.yaml (the learned classifier and the actuator range) plus the
+# task's own speed bound, given on the command line.
 WALKER_CONSTRAINTS = [
-    "constraints=none",
-    "+constraints.entries.unacceptable={kind: learned}",
     "+constraints.entries.speed={kind: state_bounds, dims: [qvel.rootx], upper: [2.3415]}",
-    "+constraints.entries.box={kind: action_box}",
 ]
 
 

@@ -9,6 +9,7 @@ masks, action bounds). Nothing below this module reads a config.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,8 @@ def build_parts(settings: RunConfig) -> Any:
         qp_filter=dataclasses.asdict(settings.qp_filter.options)
         if settings.qp_filter.enabled
         else None,
-        progress=settings.progress,
+        # bars on a terminal only: a redirected log gets the per-iteration lines
+        progress=settings.progress and sys.stderr.isatty(),
         signature=run_signature(task, settings),
     )
 

@@ -156,9 +156,10 @@ class Task:
 
     @functools.cached_property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(low [A], high [A]) of the actuator control range."""
-        m = self._model
-        return m.actuator_ctrlrange[:, 0].copy(), m.actuator_ctrlrange[:, 1].copy()
+        """(low [A], high [A]) of the agent's actions: ``[-1, 1]`` per actuator, which the
+        environment maps onto the actuator control range (:class:`~mbrm.tasks.envs.FullState`)."""
+        n = self._model.nu
+        return -np.ones(n), np.ones(n)
 
     @property
     def state_dim(self) -> int:

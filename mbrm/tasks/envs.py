@@ -10,7 +10,10 @@ A task's environment is a subclass of gymnasium's MuJoCo env (``Reacher-v5``'s
   termination rule (DESIGN.md); ``terminated`` is True only when the simulation
   diverged to a non-finite state;
 * a task's reset hook runs at the end of every reset (e.g. reacher_keepout's target
-  resampling), and the env can truncate itself after ``episode_length`` steps.
+  resampling), and the env can truncate itself after ``episode_length`` steps;
+* its action space is ``[-1, 1]`` per actuator (gymnasium's recommended normalised
+  box), mapped affinely onto the actuator range; a range that is already ``[-1, 1]``
+  is passed through untouched (InvertedPendulum's ``[-3, 3]`` is the one mapped).
 
 The reward is gymnasium's, returned as usual; the agent's code ignores it.
 """
@@ -66,6 +69,9 @@ class FullState:
         )
         modes = [m for m in _RENDER_MODES if m != "human" or _window_available()]
         self.metadata = {**self.metadata, "render_modes": modes}
+        low, high = m.actuator_ctrlrange[:, 0].copy(), m.actuator_ctrlrange[:, 1].copy()
+        self._ctrl = None if (low == -1).all() and (high == 1).all() else (low, high)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, low.shape, np.float32)
 
     def _get_obs(self) -> np.ndarray:
         return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
@@ -78,6 +84,9 @@ class FullState:
         return self._get_obs()
 
     def step(self, action: np.ndarray):
+        if self._ctrl is not None:  # [-1, 1] onto the actuator range
+            low, high = self._ctrl
+            action = low + (np.asarray(action, dtype=np.float64) + 1.0) * (high - low) / 2.0
         s, reward, _, _, info = super().step(action)
         self._steps += 1
         diverged = not np.isfinite(s).all()
