@@ -8,7 +8,7 @@ or evaluates it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,41 @@ class Recorder:
     segment_length: int
 
 
+@dataclass
+class PlanSnapshot:
+    """The plan the agent chose at one step, as the planner imagined it.
+
+    step:          the episode step it was chosen at
+    states:        [H+1, S] the best candidate's imagined states (its first particle)
+    feasible:      it passed the rejection rule
+    no_safe_plan:  no candidate did; the agent took the least risky one
+    """
+
+    step: int
+    states: np.ndarray
+    feasible: bool
+    no_safe_plan: bool
+
+
+@dataclass
+class Capture:
+    """What an evaluation episode leaves behind for people to watch (videos, plan strips).
+
+    Reading the states and plans draws no random number and changes no model, so an
+    episode with a capture has exactly the result of one without.
+
+    plan_every:  keep the chosen plan every k steps (0: none)
+    states:      [T+1, S] the real states, filled in when the episode ends
+    actions:     [T, A] the actions taken
+    plans:       the chosen plans, in step order
+    """
+
+    plan_every: int
+    states: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    plans: list[PlanSnapshot] = field(default_factory=list)
+
+
 def run_episode(
     task: Task,
     policy: Agent | RandomExplorer,
@@ -66,12 +101,14 @@ def run_episode(
     generator: torch.Generator,
     recorder: Recorder | None = None,
     reward_model: Any | None = None,
+    capture: Capture | None = None,
 ) -> dict[str, Any]:
     """One episode of at most ``length`` steps from ``task.make_env(seed)``.
 
     Returns the true return and unacceptable steps (hidden task functions, evaluation
     only), the no-safe-plan and rejection counts, the median planning seconds and, when
-    a fitted ``reward_model`` is given, the return it predicts for the episode.
+    a fitted ``reward_model`` is given, the return it predicts for the episode. A
+    ``capture`` receives the real states and the plans chosen every ``plan_every`` steps.
     """
     env = task.make_env(seed)
     s, _ = env.reset(seed=seed)
@@ -94,6 +131,15 @@ def run_episode(
                     recorder.imagined.append(
                         imagined_segment(plan.top_states, plan.top_actions, recorder.segment_length)
                     )
+            if capture is not None and capture.plan_every > 0 and t % capture.plan_every == 0:
+                capture.plans.append(
+                    PlanSnapshot(
+                        t,
+                        plan.top_states[0, 0].double().numpy().copy(),
+                        bool(plan.top_feasible[0]),
+                        bool(plan.no_safe_plan),
+                    )
+                )
         else:
             a = policy()
         s2, _, terminated, truncated, _ = env.step(a)
@@ -106,6 +152,8 @@ def run_episode(
             break
     env.close()
     S, A = np.array(states), np.array(actions)
+    if capture is not None:
+        capture.states, capture.actions = S.copy(), A.copy()
     out = {
         "true_return": float(task.true_reward(S[:-1], A, S[1:]).sum()),
         "unacceptable_steps": int(task.unacceptable(S[1:]).sum()),

@@ -10,17 +10,28 @@ agent, which plans in the same world model with the hidden reward and rule.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from mbrm.episodes import Capture, run_episode
 from mbrm.feedback.teachers import PreferenceTeacher
 from mbrm.replay import ReplayBuffer
 from mbrm.reward_model import preference_accuracy, reward_spearman
 from mbrm.tasks import Task
+from mbrm.video import plan_interval
 
 Transitions = tuple[np.ndarray, np.ndarray, np.ndarray]  # s [N, S], a [N, A], s' [N, S]
+
+# The normalised score is defined only when the reference agent beats the random policy
+# by more than this fraction of |random return|, and by more than SCORE_MARGIN_ABSOLUTE
+# (returns near 0 make any fraction of them vanish). Below that the score's denominator
+# is noise: a reference 0.2 below random turned -17.0 vs -11.7 into a "score" of 31.6.
+SCORE_MARGIN_FRACTION = 0.05
+SCORE_MARGIN_ABSOLUTE = 0.1
 
 
 def model_metrics(
@@ -62,6 +73,47 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [10_000_000 + seed * 1000 + i for i in range(episodes)]
 
 
+@dataclass
+class FinalEpisodes:
+    """The episodes of the final comparison: ``self(policy, seed)`` runs one (for ``compare``).
+
+    agent:     makes the planning agent (``reference=True``: the reference agent), once each
+    explorer:  makes the random policy of one episode
+    filmed:    seeds whose learned-agent episode is captured, in ``captures`` by seed
+    """
+
+    task: Task
+    length: int
+    generator: torch.Generator
+    agent: Callable[..., Any]
+    explorer: Callable[[], Any]
+    reward_model: Any | None
+    filmed: list[int] = field(default_factory=list)
+    captures: dict[int, Capture] = field(init=False)
+    _agents: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.captures = {k: Capture(plan_interval(self.length)) for k in self.filmed}
+
+    def __call__(self, policy: str, seed: int) -> dict[str, Any]:
+        learned = policy == "learned"
+        if policy == "random":
+            actor = self.explorer()
+        else:
+            if policy not in self._agents:
+                self._agents[policy] = self.agent(reference=policy == "reference")
+            actor = self._agents[policy]
+        return run_episode(
+            self.task,
+            actor,
+            seed=seed,
+            length=self.length,
+            generator=self.generator,
+            reward_model=None if policy == "reference" else self.reward_model,
+            capture=self.captures.get(seed) if learned else None,
+        )
+
+
 def compare(
     episode: Callable[[str, int], dict[str, Any]], seeds: list[int], progress: bool
 ) -> dict[str, list[dict[str, Any]]]:
@@ -74,10 +126,33 @@ def compare(
     return out
 
 
+def normalised_score(R: float, R_rand: float, R_ref: float) -> tuple[float, str | None]:
+    """``(R - R_random) / (R_reference - R_random)``, or NaN and the reason it is undefined.
+
+    Defined only when the reference agent beats the random policy by the margin above:
+    otherwise the reference is no yardstick (it failed, or the episodes are too short for
+    planning to beat chance) and a ratio over a tiny or negative gap means nothing.
+    """
+    margin = max(SCORE_MARGIN_FRACTION * abs(R_rand), SCORE_MARGIN_ABSOLUTE)
+    gap = R_ref - R_rand
+    if not gap > margin:  # NaN returns land here too
+        note = (
+            f"undefined: the reference agent ({R_ref:.2f}) does not beat the random policy "
+            f"({R_rand:.2f}) by more than {margin:.2f} (the larger of {SCORE_MARGIN_FRACTION:.0%} "
+            f"of the random return's size and {SCORE_MARGIN_ABSOLUTE:g})"
+        )
+        return float("nan"), note
+    return (R - R_rand) / gap, None
+
+
 def summarise(
     rows: dict[str, list[dict[str, Any]]], training: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The summary figures of a run from its evaluation episodes and training metrics."""
+    """The summary figures of a run from its evaluation episodes and training metrics.
+
+    ``normalised_score`` is NaN when undefined (see :func:`normalised_score`), with a
+    ``normalised_score_note`` saying why; the note is absent when the score is a number.
+    """
 
     def mean(policy: str, k: str) -> float:
         return float(np.mean([r[k] for r in rows[policy]]))
@@ -86,11 +161,13 @@ def summarise(
         return int(sum(r["unacceptable_steps"] for r in rows[policy]))
 
     R, R_rand, R_ref = (mean(p, "true_return") for p in ("learned", "random", "reference"))
+    score, note = normalised_score(R, R_rand, R_ref)
     return {
         "eval_return": R,
         "random_return": R_rand,
         "oracle_return": R_ref,
-        "normalised_score": (R - R_rand) / (R_ref - R_rand) if R_ref != R_rand else float("nan"),
+        "normalised_score": score,
+        **({"normalised_score_note": note} if note is not None else {}),
         "eval_unacceptable_steps": total("learned"),
         "oracle_unacceptable_steps": total("reference"),
         "random_unacceptable_steps": total("random"),

@@ -48,6 +48,7 @@ class LoopSettings:
     iterations: int = 12  # acting episodes after exploration
     explore_episodes: int = 4  # random-action episodes first
     eval_episodes: int = 5  # evaluation episodes at the end
+    video_episodes: int = 1  # of those, the learned agent's first N are filmed (RUN/videos/)
     particles: int = 10  # trajectory-sampling particles per candidate
     propagation: str = "ts1"  # ts1 | tsinf | expectation (PETS Sec. 5)
     dtype: str = "float32"  # inference dtype while planning: float32 | bfloat16
@@ -72,6 +73,12 @@ class LoopSettings:
         _integer("iterations", self.iterations, 0)
         _integer("explore_episodes", self.explore_episodes, 1)
         _integer("eval_episodes", self.eval_episodes, 1)
+        _integer("video_episodes", self.video_episodes, 0)
+        if self.video_episodes > self.eval_episodes:
+            raise ValueError(
+                f"experiment.video_episodes={self.video_episodes} films more episodes than the "
+                f"{self.eval_episodes} evaluation episodes (experiment.eval_episodes)"
+            )
         _integer("particles", self.particles, 1)
         _choice("propagation", self.propagation, PROPAGATIONS)
         _choice("dtype", self.dtype, DTYPES)
