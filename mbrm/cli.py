@@ -6,7 +6,7 @@ mbrm train resume=RUN_DIR       continue an interrupted run with its own config
 mbrm eval RUN_DIR               evaluate a run's final agent again
 mbrm report RUN_DIR             write RUN_DIR/report.md with plots
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
-mbrm options                    every configuration option with its one-line help
+mbrm options [GROUP]            every configuration key: dotted path, default, help
 mbrm label RUN_DIR              label RUN_DIR's queued queries in the browser
 
 A refused setting or input prints one line and exits with status 2; add --debug
@@ -16,6 +16,7 @@ A refused setting or input prints one line and exits with status 2; add --debug
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 USAGE = __doc__
+RUN_LOG = "run.log"  # a run folder's log (configs/config.yaml: hydra.job_logging)
+log = logging.getLogger("mbrm")
 DEMO = ["experiment=demo", "world_model=small", "planner=cem_fast"]
 # What `resume=RUN` may change: the rest of the run is its saved config.
 RESUME_KEYS = ("resume", "progress", "threads", "experiment.iterations")
@@ -159,6 +162,7 @@ def _train_job(cfg: Any) -> dict[str, Any]:
             raise SystemExit(2) from None
         raise
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    log.info("mbrm %s, config:\n%s", " ".join(sys.argv[1:]), OmegaConf.to_yaml(cfg).rstrip())
     return _run(build_loop(settings, run_dir), run_dir)
 
 
@@ -166,6 +170,7 @@ def _run(loop: Any, run_dir: Path) -> dict[str, Any]:
     from mbrm.report import write_report
 
     summary = loop.run()
+    log.info("summary: %s", json.dumps(summary))
     report = write_report(run_dir)
     _print_summary(summary, run_dir, report)
     return summary
@@ -214,6 +219,8 @@ def _resume(overrides: list[str], flags: list[str]) -> None:
             f"experiment.iterations={settings.experiment.iterations}: resume can extend a run "
             f"(it has {old} iterations), not shorten it"
         )
+    _log_to(run.run_dir / RUN_LOG)
+    log.info("resumed with %s, config:\n%s", " ".join(overrides), OmegaConf.to_yaml(cfg).rstrip())
     loop = build_loop(settings, run.run_dir)
     loop.resume()
     if settings.experiment.iterations != old:  # the run's config says what it now is
@@ -224,7 +231,23 @@ def _resume(overrides: list[str], flags: list[str]) -> None:
     _run(loop, run.run_dir)
 
 
-def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
+def _log_to(path: Path) -> None:
+    """Log to the console and append to ``path``, as Hydra's job logging does for a run."""
+    import logging
+
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def _print_summary(
+    summary: dict, run_dir: Path, report: Path | None, videos: list[Path] | None = None
+) -> None:
+    import math
+
     print()
     print(
         f"mbrm: {summary['task']} seed {summary['seed']} finished after {summary['env_steps']} environment steps"
@@ -232,9 +255,13 @@ def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
     print(
         f"  true return (eval)     {summary['eval_return']:9.2f}   random {summary['random_return']:.2f}   oracle {summary['oracle_return']:.2f}"
     )
-    print(
-        f"  normalised score       {summary['normalised_score']:9.3f}   (R - R_random) / (R_oracle - R_random)"
-    )
+    score = summary["normalised_score"]
+    if math.isnan(score):  # the reference does not beat random by a margin: no yardstick
+        note = summary.get("normalised_score_note", "undefined")
+        print(f"  normalised score       {'undefined':>9s}   (see the warning)")
+        print(f"mbrm: warning: normalised score {note}", file=sys.stderr)
+    else:
+        print(f"  normalised score       {score:9.3f}   (R - R_random) / (R_oracle - R_random)")
     print(
         f"  unacceptable steps     eval {summary['eval_unacceptable_steps']}   during training {summary['train_unacceptable_steps']}   random policy {summary['random_unacceptable_steps']}"
     )
@@ -245,33 +272,51 @@ def _print_summary(summary: dict, run_dir: Path, report: Path | None) -> None:
     print(f"  outputs                {run_dir}")
     if report is not None:
         print(f"  report                 {report}")
+    if videos is None:  # a training run: the videos its evaluation filmed
+        from mbrm.video import list_videos
+
+        videos = list_videos(run_dir)
+    for video in videos:
+        print(f"  video                  {video}")
+
+
+def _video_request(rest: list[str]) -> tuple[list[str], int | None]:
+    """``--video [N]`` or ``--video=N`` taken out of ``rest``: the rest and N; None for a bare
+    ``--video`` (every evaluation episode), 0 when it is not there."""
+    out, count, i = [], 0, 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--video" or arg.startswith("--video="):
+            value = arg.partition("=")[2] or None
+            if value is None and i + 1 < len(rest) and rest[i + 1].isdigit():
+                value, i = rest[i + 1], i + 1
+            if value is not None and not value.isdigit():
+                raise UsageError(
+                    f"--video takes a count of episodes (an integer >= 0), got {value!r}"
+                )
+            count = None if value is None else int(value)
+        else:
+            out.append(arg)
+        i += 1
+    return out, count
 
 
 def _run_dir(rest: list[str], cmd: str) -> Any:
     from mbrm.run import FinishedRun
 
     if len(rest) != 1:
-        raise UsageError(f"usage: mbrm {cmd} RUN_DIR")
+        raise UsageError(f"usage: mbrm {cmd} RUN_DIR{' [--video [N]]' if cmd == 'eval' else ''}")
     return FinishedRun(rest[0])
 
 
-def _options() -> None:
-    """Every option of every config file with the comment line above it."""
+def _options(rest: list[str]) -> None:
+    """``mbrm options [GROUP|TEXT]``: every key with its dotted path, default and help."""
+    from mbrm.options import format_options
     from mbrm.resources import config_dir
 
-    root = config_dir()
-    for path in sorted(root.rglob("*.yaml")):
-        comment = ""
-        print(f"\n[{path.relative_to(root)}]")
-        for line in path.read_text().splitlines():
-            s = line.strip()
-            if s.startswith("#"):
-                comment = s.lstrip("# ")
-            elif ":" in s and not s.startswith("-"):
-                key, _, rest = s.partition(":")
-                value, _, inline = rest.partition("#")
-                print(f"  {key.strip():24s} {value.strip():24s} {(inline.strip() or comment)}")
-                comment = ""
+    if len(rest) > 1:
+        raise UsageError("usage: mbrm options [GROUP or part of a key, e.g. planner, risk]")
+    print(format_options(config_dir(), rest[0] if rest else None))
 
 
 def _dispatch(cmd: str, rest: list[str]) -> None:
@@ -280,19 +325,29 @@ def _dispatch(cmd: str, rest: list[str]) -> None:
     elif cmd == "demo":
         _train(rest, DEMO)
     elif cmd == "eval":
+        from mbrm.video import list_videos
+
+        rest, videos = _video_request(rest)
         run = _run_dir(rest, cmd)
-        _print_summary(run.loop().final_evaluation(), run.run_dir, None)
+        episodes = run.settings.experiment.eval_episodes
+        videos = episodes if videos is None else videos
+        if videos > episodes:
+            s = "s" if episodes != 1 else ""
+            raise UsageError(f"--video {videos}: the run has {episodes} evaluation episode{s}")
+        summary = run.loop().final_evaluation(video_episodes=videos)
+        _print_summary(summary, run.run_dir, None, list_videos(run.run_dir) if videos else [])
     elif cmd == "report":
         from mbrm.report import write_report
 
         run = _run_dir(rest, cmd)
-        print(f"mbrm: report written to {write_report(run.run_dir)}")
+        path = write_report(run.run_dir)
+        print(f"mbrm: report written to {path} and {path.with_suffix('.html')}")
     elif cmd == "label":
         from mbrm.labeling.server import main as label_main
 
         label_main(rest)
     elif cmd == "options":
-        _options()
+        _options(rest)
     else:
         raise UsageError(
             f"unknown command {cmd!r}; commands: train, demo, eval, report, options, label"
@@ -301,6 +356,7 @@ def _dispatch(cmd: str, rest: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # "No OpenGL_accelerate module"
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
@@ -313,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     except _user_errors() as e:
         if _debug():
             raise
-        print(f"mbrm: error: {_one_line(e)}", file=sys.stderr)
+        from mbrm.resources import explain_missing_launcher
+
+        print(f"mbrm: error: {explain_missing_launcher(str(e)) or _one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

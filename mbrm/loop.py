@@ -19,6 +19,7 @@ synthetic teachers and by evaluation (metrics), never by the agent.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from constraints.sets import ConstraintSet
 from mbrm.agent import Agent
 from mbrm.calibration import calibration_split, fit_and_calibrate
 from mbrm.episodes import RandomExplorer, Recorder, run_episode
-from mbrm.evaluation import compare, evaluation_seeds, model_metrics, summarise
+from mbrm.evaluation import FinalEpisodes, compare, evaluation_seeds, model_metrics, summarise
 from mbrm.feedback.store import FeedbackStore
 from mbrm.imagination import ModelImagination
 from mbrm.parts import RunParts
@@ -47,8 +49,10 @@ from mbrm.rundir import (
 )
 from mbrm.solicit import RoundReport, solicit_round
 from mbrm.synthesis import synthesise_round
+from mbrm.video import film
 
 Transitions = tuple[np.ndarray, np.ndarray, np.ndarray]  # s [N, S], a [N, A], s' [N, S]
+log = logging.getLogger(__name__)
 
 
 class Loop:
@@ -130,6 +134,22 @@ class Loop:
             desc=f"{self.task.name} seed {self.seed}",
             disable=not self.parts.progress,
         )
+        log.info(
+            "%s seed %d: %d exploration + %d acting episodes of %d steps, from iteration %d",
+            self.task.name,
+            self.seed,
+            s.explore_episodes,
+            s.iterations,
+            self.length,
+            self.iteration,
+        )
+        with logging_redirect_tqdm():
+            self._iterate(bar, total)
+        bar.close()
+        return self.final_evaluation()
+
+    def _iterate(self, bar: Any, total: int) -> None:
+        s = self.settings
         while self.iteration < total:
             t0 = time.perf_counter()
             exploring = self.iteration < s.explore_episodes
@@ -161,12 +181,21 @@ class Loop:
                 )
             # 5. record
             self.record(ep, fit, data, t0, exploring)
+            row = self.metrics.rows[-1]
+            log.info(
+                "iteration %d/%d %s: return %.2f, unacceptable steps %d, labels %d, %.1f s",
+                row["iteration"] + 1,
+                total,
+                row["phase"],
+                ep["true_return"],
+                ep["unacceptable_steps"],
+                row["labels"],
+                row["seconds"],
+            )
             bar.set_postfix(
                 R=f"{ep['true_return']:.1f}", unacc=ep["unacceptable_steps"], labels=self._labels()
             )
             bar.update(1)
-        bar.close()
-        return self.final_evaluation()
 
     def fit_world_model(self, data: Transitions) -> dict[str, Any]:
         """Refit the world model on every real transition (warm start)."""
@@ -289,21 +318,22 @@ class Loop:
         self.metrics.append(row)
         self.save()
 
-    def final_evaluation(self) -> dict[str, Any]:
+    def final_evaluation(self, video_episodes: int | None = None) -> dict[str, Any]:
         """Evaluation episodes of the final agent, a random policy and the reference agent
-        (hidden reward and rule, same world model), on the same environment seeds."""
-        agents: dict[str, Agent] = {}
-
-        def episode(policy: str, seed: int) -> dict[str, Any]:
-            if policy == "random":
-                return self._episode(None, seed=seed, record=False, reward_model=self.reward_model)
-            if policy not in agents:
-                agents[policy] = self.agent(reference=policy == "reference")
-            rm = self.reward_model if policy == "learned" else None
-            return self._episode(agents[policy], seed=seed, record=False, reward_model=rm)
-
+        (hidden reward and rule, same world model), on the same environment seeds; the learned
+        agent's first ``video_episodes`` (default: ``experiment.video_episodes``) are filmed."""
         seeds = evaluation_seeds(self.seed, self.settings.eval_episodes)
-        rows = compare(episode, seeds, self.parts.progress)
+        filmed = self.settings.video_episodes if video_episodes is None else video_episodes
+        episodes = FinalEpisodes(
+            self.task,
+            self.length,
+            self.torch_gen,
+            self.agent,
+            lambda: RandomExplorer(self.task, self.constraint_set, self.rng),
+            self.reward_model,
+            filmed=seeds[:filmed],
+        )
+        rows = compare(episodes, seeds, self.parts.progress)
         summary = {
             "task": self.task.name,
             "seed": self.seed,
@@ -313,6 +343,7 @@ class Loop:
             **summarise(rows, self.metrics.rows),
         }
         write_summary(self.run_dir, summary)
+        film(self.task, episodes.captures, self.run_dir, strict=video_episodes is not None)
         return summary
 
     # ------------------------------------------------------------------ persistence
