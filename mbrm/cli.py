@@ -3,8 +3,8 @@
 mbrm train [key=value ...]      a training run (Hydra; -m for sweeps)
 mbrm train resume=RUN_DIR       continue an interrupted run with its own config
                                 (experiment.iterations=N extends it; progress, threads)
-mbrm eval RUN_DIR               evaluate a run's final agent again
-mbrm report RUN_DIR             write RUN_DIR/report.md with plots
+mbrm eval RUN_DIR [--video [N]] evaluate a run's final agent again (and film it)
+mbrm report RUN_DIR             write RUN_DIR/report.md and report.html
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
 mbrm options [GROUP]            every configuration key: dotted path, default, help
 mbrm label RUN_DIR              label RUN_DIR's queued queries in the browser

@@ -78,8 +78,19 @@ def test_a_missing_run_directory_is_one_line(tmp_path, capsys):
 def test_resume_keeps_the_run_and_may_extend_it(tmp_path):
     run_dir = tmp_path / "run"
     tiny = [*TINY, *PLANNER["cem"], "task=inverted_pendulum"]
-    r = mbrm("train", *tiny, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    r = mbrm(
+        "train",
+        *[t for t in tiny if t != "progress=false"],
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
+    # the run's log: the resolved config first, a line per iteration, the summary; no
+    # progress bar in a redirected output
+    log = (run_dir / "run.log").read_text()
+    assert log.index("config:\ntask:") < log.index("iteration 1/2 explore: return")
+    assert log.index("iteration 2/2 act: return") < log.index("summary: {")
+    assert "\r" not in r.stdout + r.stderr and "OpenGL" not in log
     before = sorted(p.name for p in tmp_path.iterdir())
     # an override that would change the run is refused, naming it
     r = mbrm("train", f"resume={run_dir}", "task=hopper_safe", "seed=4", cwd=tmp_path)
@@ -94,4 +105,34 @@ def test_resume_keeps_the_run_and_may_extend_it(tmp_path):
     assert [int(row["iteration"]) for row in rows] == [0, 1, 2]
     assert int(rows[-1]["env_steps"]) == 3 * 12
     assert "iterations: 2" in (run_dir / "config.yaml").read_text()
+    assert "iteration 3/3 act: return" in (run_dir / "run.log").read_text()  # appended
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_options_lists_every_key_with_its_path_default_and_whole_help(capsys):
+    from mbrm.cli import main
+    from mbrm.options import all_options
+    from mbrm.resources import config_dir
+
+    main(["options"])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "least_violation" in rows["qp_filter.options.fallback"]  # nested: the full path
+    # a comment over two lines is joined
+    assert "spin-wait stalls when cores are shared (measured:" in rows["threads"]
+    assert rows["task="].split()[1] == "reacher_keepout"  # group choices with their default
+    for rel, description, _ in all_options(config_dir()):
+        assert description, f"{rel} has no description line"
+    missing = [r for r in rows.values() if len(r.strip().split("  ")) < 2]
+    assert not missing
+    main(["options", "planner"])
+    out = capsys.readouterr().out
+    files = [line for line in out.splitlines() if line.startswith("[")]
+    assert sum(f.startswith("[planner/") for f in files) == 6  # the group's files...
+    assert all(f.startswith(("[planner/", "[config.yaml]")) for f in files)  # ...and its choice
+    assert "  planner=  " in out
+    main(["options", "reject_above"])
+    keys = {
+        line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")
+    }
+    assert keys == {"planner.reject_above"}

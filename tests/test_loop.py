@@ -28,6 +28,7 @@ TINY = [
     "experiment.iterations=1",
     "experiment.explore_episodes=1",
     "experiment.eval_episodes=1",
+    "experiment.video_episodes=0",  # filming is tested in tests/test_video_report.py
     "experiment.particles=2",
     "experiment.world_model_epochs=2",
     "experiment.reward_epochs=2",

@@ -17,6 +17,7 @@ from mbrm.tasks import TASKS, get_task
 
 NAMES = sorted(TASKS)
 
+
 # The one recommendation of gymnasium's checker a task may not follow: InvertedPendulum's
 # actuator range is +-3 (gymnasium's own InvertedPendulum-v5 too), and rescaling it would
 # change the action every run, world model and planner works in.
