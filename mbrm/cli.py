@@ -180,7 +180,7 @@ def _remove_fresh_run_dir(run_dir: Path) -> None:
     """Remove a run folder Hydra has just made, if it holds nothing but Hydra's own files."""
     if not run_dir.is_dir():
         return
-    if any(p.name not in (".hydra", "cli.log", "_train_job.log") for p in run_dir.iterdir()):
+    if any(p.name not in (".hydra", RUN_LOG) for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir)
     parent = run_dir.parent

@@ -136,3 +136,20 @@ def test_options_lists_every_key_with_its_path_default_and_whole_help(capsys):
         line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")
     }
     assert keys == {"planner.reject_above"}
+
+
+def test_a_swept_value_out_of_range_leaves_no_folder(tmp_path):
+    """Only the first value of a sweep is checked before Hydra starts; a bad later value
+    is refused inside its job, whose fresh folder (Hydra's files and the log) is removed."""
+    tiny = [t for t in TINY if not t.startswith("experiment.particles")]
+    sweep = tmp_path / "sweep"
+    r = mbrm(
+        "train", "-m", "hydra/launcher=basic", "experiment.particles=2,0", *tiny,
+        *PLANNER["cem"], f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "mbrm: error: experiment.particles must be an integer >= 1, got 0"
+    )
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_experiment.particles=2"]
