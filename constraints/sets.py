@@ -25,27 +25,13 @@ import torch
 from constraints.entries import (
     ActionBoxEntry,
     ActionPolytopeEntry,
-    Classifier,
     Entry,
     LearnedEntry,
     LinearEntry,
     StateBoundsEntry,
 )
 
-__all__ = [
-    "ActionBoxEntry",
-    "ActionPolytopeEntry",
-    "Classifier",
-    "ConfigError",
-    "ConstraintEvaluation",
-    "ConstraintSet",
-    "Entry",
-    "LearnedEntry",
-    "LinearEntry",
-    "LinearRows",
-    "StateBoundsEntry",
-    "lp_feasible",
-]
+__all__ = ["ConfigError", "ConstraintEvaluation", "ConstraintSet", "LinearRows", "lp_feasible"]
 
 
 class ConfigError(ValueError):
