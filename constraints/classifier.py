@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from mbrm.ensemble_training import EnsembleTrainer
 from mbrm.nn import (
+    INFERENCE_CHUNK,
     DerivedFeature,
     EnsembleMLP,
     Normalizer,
@@ -74,6 +75,15 @@ class _ClassifierNet(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
         return self.mlp(x).squeeze(-1).float()
+
+    @torch.no_grad()
+    def infer_logits(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` for inputs [B, in] shared by all members, through
+        :meth:`mbrm.nn.EnsembleMLP.infer` (one member at a time, activations kept in cache):
+        the same numbers up to the BLAS summation order, about twice as fast at planning
+        batch sizes. ``scratch`` comes from ``self.mlp.scratch(B)``."""
+        shared = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
+        return self.mlp.infer(shared, scratch).squeeze(-1).float()
 
 
 @dataclass(frozen=True)
@@ -266,8 +276,9 @@ class ConstraintClassifier:
         flat = s.reshape(-1, self.state_dim)
         net = self._inference_net(dtype)
         out = torch.empty(self.ensemble_size, flat.shape[0])  # [E, B]
+        scratch = net.mlp.scratch(min(flat.shape[0], INFERENCE_CHUNK))
         for sl in row_slices(flat.shape[0]):
-            out[:, sl] = torch.sigmoid(net.logits(net.features(flat[sl])))
+            out[:, sl] = torch.sigmoid(net.infer_logits(net.features(flat[sl]), scratch))
         return out.reshape(self.ensemble_size, *lead)
 
     @torch.no_grad()

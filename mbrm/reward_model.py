@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from mbrm.ensemble_training import EnsembleTrainer
 from mbrm.feedback.segments import Segment
 from mbrm.nn import (
+    INFERENCE_CHUNK,
     DerivedFeature,
     config_mismatch,
     inference_copy,
@@ -319,8 +320,9 @@ class RewardEnsemble:
         net = self._inference_net(dtype)
         s2, a2 = s.reshape(-1, self.state_dim), a.reshape(-1, self.action_dim)
         out = torch.empty(self.ensemble_size, s2.shape[0])  # [E, B]
+        scratch = net.mlp.scratch(min(s2.shape[0], INFERENCE_CHUNK))
         for sl in row_slices(s2.shape[0]):
-            out[:, sl] = net.scaled(net.features(s2[sl], a2[sl]))
+            out[:, sl] = net.infer_scaled(net.features(s2[sl], a2[sl]), scratch)
         return out.reshape(self.ensemble_size, *lead)
 
     @torch.no_grad()
