@@ -9,6 +9,9 @@ that recall of unacceptable states is at least ``1 - alpha`` (Vovk et al. 2005;
 Angelopoulos & Bates 2021, Sec. 1.1). Saunders et al. 2018 ("Trial without
 Error", Sec. 3) set their blocker's threshold for zero missed catastrophes on
 its labels; ``alpha`` makes that trade-off explicit.
+
+Devices: initialised on the CPU from the seed, then moved to ``device``; every method
+moves its states and labels there (once per call) and answers there.
 """
 
 from __future__ import annotations
@@ -20,70 +23,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from constraints.classifier_net import ClassifierNet
 from mbrm.ensemble_training import EnsembleTrainer
 from mbrm.nn import (
     INFERENCE_CHUNK,
     DerivedFeature,
-    EnsembleMLP,
-    Normalizer,
-    StateFeatures,
     config_mismatch,
     inference_copy,
     member_mean_std,
     resolve_dtype,
     row_slices,
 )
-
-
-class _ClassifierNet(nn.Module):
-    """Input selection, normaliser and ensemble MLP: states [B, S] -> logits [E, B]."""
-
-    def __init__(
-        self,
-        input_mask: np.ndarray,
-        periodic_mask: np.ndarray | None,
-        derived: Sequence[DerivedFeature],
-        ensemble_size: int,
-        hidden: int,
-        layers: int,
-        activation: str,
-        generator: torch.Generator,
-    ) -> None:
-        super().__init__()
-        self.state_features = StateFeatures(input_mask, periodic_mask, derived)
-        in_dim = self.state_features.out_dim
-        self.normalizer = Normalizer(in_dim)
-        self.mlp = EnsembleMLP(
-            ensemble_size,
-            in_dim,
-            1,
-            hidden=hidden,
-            layers=layers,
-            activation=activation,
-            generator=generator,
-        )
-
-    def features(self, states: torch.Tensor) -> torch.Tensor:
-        """states [B, S] -> normalised inputs [B, in] (float32)."""
-        return self.normalizer(self.state_features(states.float()))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x [E, B, in] or [B, in] (shared by all members) -> logits [E, B] (float32)."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
-        return self.mlp(x).squeeze(-1).float()
-
-    @torch.no_grad()
-    def infer_logits(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-        """:meth:`logits` for inputs [B, in] shared by all members, through
-        :meth:`mbrm.nn.EnsembleMLP.infer` (one member at a time, activations kept in cache):
-        the same numbers up to the BLAS summation order, about twice as fast at planning
-        batch sizes. ``scratch`` comes from ``self.mlp.scratch(B)``."""
-        shared = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
-        return self.mlp.infer(shared, scratch).squeeze(-1).float()
 
 
 @dataclass(frozen=True)
@@ -118,15 +70,19 @@ class Calibration:
     dtype: str
 
 
-def _as_states(states: np.ndarray | torch.Tensor, state_dim: int) -> torch.Tensor:
-    s = torch.as_tensor(states)
+def _as_states(
+    states: np.ndarray | torch.Tensor, state_dim: int, device: torch.device
+) -> torch.Tensor:
+    s = torch.as_tensor(states, device=device)
     if s.dim() < 1 or s.shape[-1] != state_dim:
         raise ValueError(f"expected states [..., {state_dim}], got {tuple(s.shape)}")
     return s
 
 
-def _as_labels(labels: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(labels))
+def _as_labels(labels: np.ndarray | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.cpu()
+    y = torch.as_tensor(np.asarray(labels), device=device)
     if y.dtype != torch.bool:
         raise TypeError(f"labels must be boolean (True = unacceptable), got {y.dtype}")
     if y.shape != (n,):
@@ -157,6 +113,7 @@ class ConstraintClassifier:
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         if state_dim < 1 or ensemble_size < 1:
             raise ValueError(
@@ -182,10 +139,11 @@ class ConstraintClassifier:
             "layers": layers,
             "activation": activation,
         }
-        gen = torch.Generator().manual_seed(int(seed))
-        self.net = _ClassifierNet(
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.net = ClassifierNet(
             self.input_mask, periodic_mask, derived, ensemble_size, hidden, layers, activation, gen
-        )
+        ).to(device)
+        self.device = torch.device(device)
         if self.net.state_features.derived:  # absent from older checkpoints' configs
             self._config["derived"] = self.net.state_features.derived_names
         # Adam's moments carry over from one fit to the next (and into checkpoints).
@@ -193,7 +151,7 @@ class ConstraintClassifier:
             self.net.mlp.parameters(), lr=lr, weight_decay=weight_decay, keep_optimizer=True
         )
         self.calibration: Calibration | None = None
-        self._inference: dict[torch.dtype, _ClassifierNet] = {}
+        self._inference: dict[torch.dtype, ClassifierNet] = {}
 
     @property
     def threshold(self) -> float | None:
@@ -218,10 +176,10 @@ class ConstraintClassifier:
         are not drowned out. Warm-starts from the current weights; clears the
         threshold.
         """
-        s = _as_states(states, self.state_dim)
+        s = _as_states(states, self.state_dim, self.device)
         if s.dim() != 2:
             raise ValueError(f"fit expects states [M, {self.state_dim}], got {tuple(s.shape)}")
-        y = _as_labels(labels, s.shape[0])
+        y = _as_labels(labels, s.shape[0], self.device)
         n_pos = int(y.sum())
         n_neg = len(y) - n_pos
         if n_pos == 0 or n_neg == 0:
@@ -260,7 +218,7 @@ class ConstraintClassifier:
 
     # ------------------------------------------------------------------ inference
 
-    def _inference_net(self, dtype: str | torch.dtype) -> _ClassifierNet:
+    def _inference_net(self, dtype: str | torch.dtype) -> ClassifierNet:
         dt = resolve_dtype(dtype)
         if dt not in self._inference:
             self._inference[dt] = inference_copy(self.net, dt)  # type: ignore[assignment]
@@ -271,11 +229,11 @@ class ConstraintClassifier:
         self, states: np.ndarray | torch.Tensor, dtype: str | torch.dtype = "float32"
     ) -> torch.Tensor:
         """Per-member p(unacceptable | s): states [..., S] -> [E, ...] float32."""
-        s = _as_states(states, self.state_dim)
+        s = _as_states(states, self.state_dim, self.device)
         lead = s.shape[:-1]
         flat = s.reshape(-1, self.state_dim)
         net = self._inference_net(dtype)
-        out = torch.empty(self.ensemble_size, flat.shape[0])  # [E, B]
+        out = torch.empty(self.ensemble_size, flat.shape[0], device=self.device)  # [E, B]
         scratch = net.mlp.scratch(min(flat.shape[0], INFERENCE_CHUNK))
         for sl in row_slices(flat.shape[0]):
             out[:, sl] = torch.sigmoid(net.infer_logits(net.features(flat[sl]), scratch))
@@ -330,12 +288,12 @@ class ConstraintClassifier:
         """
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        s = _as_states(states, self.state_dim)
+        s = _as_states(states, self.state_dim, self.device)
         if s.dim() != 2:
             raise ValueError(
                 f"calibrate expects states [M, {self.state_dim}], got {tuple(s.shape)}"
             )
-        y = _as_labels(labels, s.shape[0])
+        y = _as_labels(labels, s.shape[0], self.device)
         n = int(y.sum())
         k = math.floor(alpha * (n + 1))
         if k < 1:
@@ -365,8 +323,8 @@ class ConstraintClassifier:
         A rate whose denominator is zero (no unacceptable states; nothing flagged)
         is NaN, not a number made up.
         """
-        s = _as_states(states, self.state_dim)
-        y = _as_labels(labels, int(np.prod(s.shape[:-1])))
+        s = _as_states(states, self.state_dim, self.device)
+        y = _as_labels(labels, int(np.prod(s.shape[:-1])), self.device)
         flagged = self.flags(s, dtype).reshape(-1)
         tp = int((flagged & y).sum())
         fp = int((flagged & ~y).sum())

@@ -151,7 +151,7 @@ class QPFilter:
         self._C_s, self._C_a, self._d = rows.C_s, rows.C_a, rows.d
         # State dimensions read by some row; each needs one Jacobian row.
         self._dims = np.flatnonzero(np.any(rows.C_s != 0, axis=0))  # [K]
-        self._dims_t = torch.as_tensor(self._dims, dtype=torch.long)
+        self._dims_t = torch.as_tensor(self._dims, dtype=torch.long, device="cpu")
 
         # Constant rows: action inequalities and the finite sides of the box, as G a <= h.
         lo_i, hi_i = np.flatnonzero(np.isfinite(rows.low)), np.flatnonzero(np.isfinite(rows.high))
@@ -215,11 +215,13 @@ class QPFilter:
             nxt = self.dynamics(states, actions)  # [K, S]
             if nxt.shape != (K, self.S):
                 raise ValueError(f"dynamics returned {tuple(nxt.shape)}, expected {(K, self.S)}")
-            y = nxt[torch.arange(K), self._dims_t]  # [K]: copy k reads dimension dims[k]
+            rows = torch.arange(K, device=nxt.device)
+            y = nxt[rows, self._dims_t.to(nxt.device)]  # [K]: copy k reads dimension dims[k]
             (grad,) = torch.autograd.grad(y.sum(), actions, allow_unused=True)
-        J = np.zeros((K, self.A)) if grad is None else grad.detach().double().numpy()  # [K, A]
-        f = nxt[0].detach().double().numpy()  # [S]
-        a0 = a_bar.detach().double().numpy()
+        # the rows go to the solver on the CPU: one copy each per filtered action
+        J = np.zeros((K, self.A)) if grad is None else grad.detach().double().cpu().numpy()
+        f = nxt[0].detach().double().cpu().numpy()  # [S]
+        a0 = a_bar.detach().double().cpu().numpy()
         G = self._C_s[:, self._dims] @ J  # [Ms, A] = C_s J
         M = G + self._C_a
         r = self._d - self._C_s @ f + G @ a0
@@ -231,7 +233,9 @@ class QPFilter:
         self, state: torch.Tensor | np.ndarray, action: torch.Tensor | np.ndarray
     ) -> FilterResult:
         """Filter one planned action [A] at state [S]; returns a :class:`FilterResult`."""
-        s = torch.as_tensor(state, dtype=self.dtype).reshape(-1)
+        # the state stays where it is (the dynamics' device); an array is a CPU state
+        device = state.device if isinstance(state, torch.Tensor) else torch.device("cpu")
+        s = torch.as_tensor(state, dtype=self.dtype, device=device).reshape(-1)
         a_plan = np.asarray(
             action.detach().cpu() if isinstance(action, torch.Tensor) else action,
             dtype=np.float64,
@@ -249,7 +253,7 @@ class QPFilter:
         t0 = time.perf_counter()
         M = r = None
         if self.n_state:
-            a_bar = torch.as_tensor(a_plan, dtype=self.dtype)
+            a_bar = torch.as_tensor(a_plan, dtype=self.dtype, device=device)
             if self.linearise_at == "zero":
                 a_bar = torch.zeros_like(a_bar)
             M, r = self.linearise(s, a_bar)

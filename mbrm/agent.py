@@ -10,6 +10,11 @@ event is recorded, so the loop can ask for feedback about it.
 
 The agent never reads the task's hidden ``true_reward`` or ``unacceptable``;
 tests make both raise while it acts.
+
+Devices: MuJoCo runs on the CPU and the planner on its device. The real state
+crosses to the device once per step; the plan result (the action, the plan and the
+top imagined futures the loop records) comes back once per step, and the plan stays
+on the device to warm-start the next step.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from constraints.qp_filter import QPFilter
+from mbrm.device import to_host
 from mbrm.imagination import ModelImagination, as_tensor_state
 from planners.base import PlanResult
 
@@ -57,14 +63,16 @@ class Agent:
         self._previous = None
 
     def act(self, state: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, ActInfo]:
-        """Choose the action for ``state`` [S]; returns the action [A] and what happened."""
+        """Choose the action for ``state`` [S]; returns the action [A] and what happened
+        (the plan result on the CPU)."""
         t0 = time.perf_counter()
-        s = as_tensor_state(state)
+        s = as_tensor_state(state, self.planner.device)  # to the planner's device, once
         with torch.no_grad():
             result = self.planner.plan(
                 s, self.imagination, generator=generator, previous_plan=self._previous
             )
-        self._previous = result.plan
+        self._previous = result.plan  # the next warm start, where the planner is
+        result = to_host(result)  # and back, once
         action = result.action.double().numpy()
         used_safe = False
         if result.no_safe_plan and self.safe_action is not None:
@@ -72,7 +80,8 @@ class Agent:
             used_safe = True
         info = ActInfo(result, 0.0, bool(result.no_safe_plan), used_safe)
         if self.qp_filter is not None:
-            filtered = self.qp_filter(s, torch.as_tensor(action, dtype=torch.float32))
+            planned = torch.as_tensor(action, dtype=torch.float32, device="cpu")
+            filtered = self.qp_filter(s, planned)
             info.filter_status, info.filter_changed = filtered.status, bool(filtered.changed)
             action = np.asarray(filtered.action, dtype=np.float64)
         if not np.isfinite(action).all():

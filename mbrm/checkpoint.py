@@ -3,7 +3,9 @@
 A checkpoint is a plain dictionary of state dicts, numbers and strings. It is
 written to a temporary file and renamed into place, so a run killed while
 writing keeps its previous checkpoint. Loading checks that the checkpoint was
-made for the same task and model sizes and says what differs if not.
+made for the same task and model sizes and says what differs if not. Every tensor
+loads onto the CPU (``map_location``), so a checkpoint written on a GPU loads on a
+machine without one; ``load_state_dict`` then copies it to the model's device.
 """
 
 from __future__ import annotations

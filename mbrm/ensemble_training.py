@@ -17,7 +17,10 @@ member-batched row indices ``[E, b]``:
   epochs (PETS' held-out early stopping, as in mbrl-lib's ``ModelTrainer``).
 
 Random draws come only from the generator passed to :meth:`EnsembleTrainer.fit`,
-in a fixed order: the bootstrap draw, then one shuffle per epoch.
+in a fixed order: the bootstrap draw, then one shuffle per epoch. They are drawn on
+the generator's device (the CPU) and each epoch's shuffled indices move to the
+module's device at once, so a seed trains the same on every device; the data the
+loss indexes are the caller's, moved to that device once per fit.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mbrm.nn import bootstrap_indices, minibatches
+from mbrm.device import device_of
+from mbrm.nn import bootstrap_indices
 
 LOSS_AVERAGES = ("batches", "rows")
 
@@ -42,11 +46,31 @@ def holdout_split(
     """A random split of rows ``0..n-1`` into held-out and training indices.
 
     ``int(n * ratio)`` rows are held out, at least one and at most ``max_rows``.
-    Returns (held_out [n_hold], train [n - n_hold]), both from one permutation.
+    Returns (held_out [n_hold], train [n - n_hold]), both from one permutation, on the
+    generator's device.
     """
-    perm = torch.randperm(n, generator=generator)
+    perm = torch.randperm(n, generator=generator, device=generator.device)
     n_hold = min(max(int(n * ratio), 1), max_rows)
     return perm[:n_hold], perm[n_hold:]
+
+
+def minibatches(
+    indices: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """Shuffle each member's row of ``indices [E, n]`` and cut it into ``[E, b]`` batches.
+
+    Shuffled on the generator's device (where ``indices`` are), then moved to ``device``
+    (default: stay) in one copy: an epoch's minibatches cross together, not one by one.
+    """
+    E, n = indices.shape
+    perm = torch.argsort(torch.rand(E, n, generator=generator, device=generator.device), dim=1)
+    shuffled = torch.gather(indices, 1, perm)
+    if device is not None:
+        shuffled = shuffled.to(device)
+    return list(torch.split(shuffled, batch_size, dim=1))
 
 
 @dataclass(frozen=True)
@@ -154,30 +178,36 @@ class EnsembleTrainer:
         if not self.keep_optimizer:
             self.optimizer = self._new_optimizer()
         opt = self.optimizer
+        device = device_of(module)
         if isinstance(rows, int):
             boot = bootstrap_indices(rows, ensemble_size, generator)  # [E, n]
         else:
+            rows = rows.to(generator.device)  # the resample is drawn where the generator is
             boot = rows[bootstrap_indices(len(rows), ensemble_size, generator)]  # [E, n]
 
         result = TrainingResult()
         if early_stopping is not None:
-            best = torch.full((ensemble_size,), math.inf)  # [E]
+            best = torch.full((ensemble_size,), math.inf, device=device)  # [E]
             best_state = copy.deepcopy(module.state_dict())
             stale = 0
         for _ in range(epochs):
             module.train()
-            values: list[float] = []
-            total, count = 0.0, 0
-            for idx in minibatches(boot, batch_size, generator):  # idx [E, b]
+            reported_losses: list[torch.Tensor] = []
+            widths: list[int] = []
+            for idx in minibatches(boot, batch_size, generator, device):  # idx [E, b]
                 reported = loss(idx)
                 objective = reported if penalty is None else reported + penalty()
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
                 opt.step()
-                value = reported.item()
-                values.append(value)
-                total += value * idx.shape[1]
-                count += idx.shape[1]
+                reported_losses.append(reported.detach())
+                widths.append(idx.shape[1])
+            # read back once per epoch, not once per minibatch (a device sync each)
+            values: list[float] = torch.stack(reported_losses).tolist()
+            total, count = 0.0, 0
+            for value, width in zip(values, widths, strict=True):
+                total += value * width
+                count += width
             result.epochs += 1
             epoch_loss = float(np.mean(values)) if loss_average == "batches" else total / count
             result.epoch_loss.append(epoch_loss)

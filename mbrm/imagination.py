@@ -8,6 +8,10 @@ scored by the current reward model and judged by every side-constraint.
 The reward is a callable ``(s_t, a_t, s_{t+1}) -> (mean, std)`` so that a learned
 ensemble (reading ``s_t`` or ``s_{t+1}`` with ``a_t``) and oracle mode (the task's hidden reward,
 which needs ``s_{t+1}``) plug in the same way.
+
+Devices: everything is computed where the world model's states are. The hidden
+reward and rule are numpy functions of the task: oracle mode copies the imagined
+states to the CPU once per call and the answer back.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def hidden_reward(task: Task) -> RewardFn:
     """
 
     def reward(s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor):
-        r = task.true_reward(s.double().numpy(), a.double().numpy(), s_next.double().numpy())
-        mean = torch.as_tensor(r, dtype=torch.float32)
+        host = (x.double().cpu().numpy() for x in (s, a, s_next))
+        mean = torch.as_tensor(task.true_reward(*host), dtype=torch.float32, device=s.device)
         return mean, torch.zeros_like(mean)
 
     return reward
@@ -61,8 +65,8 @@ class HiddenRuleClassifier:
     def predict(
         self, states: torch.Tensor, dtype: str = "float32"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        flags = self.task.unacceptable(states.double().numpy())
-        p = torch.as_tensor(flags, dtype=torch.float32)
+        flags = self.task.unacceptable(states.double().cpu().numpy())
+        p = torch.as_tensor(flags, dtype=torch.float32, device=states.device)
         return p, torch.zeros_like(p)
 
 
@@ -107,7 +111,7 @@ class ModelImagination:
             ev = self.constraints.evaluate(states, acts)
             p_unacc, violations = ev.p_unacceptable, ev.violations
         else:
-            p_unacc, violations = torch.zeros(N, P, H1 - 1), {}
+            p_unacc, violations = torch.zeros(N, P, H1 - 1, device=states.device), {}
         mean = mean.float()
         if self.penalty is not None:
             mean = mean - self.penalty * p_unacc
@@ -115,6 +119,7 @@ class ModelImagination:
         return ImaginedBatch(states, mean, std.float(), p_unacc, violations)
 
 
-def as_tensor_state(state: np.ndarray) -> torch.Tensor:
-    """A real state [S] (float64 from MuJoCo) as the float32 tensor planners use."""
-    return torch.as_tensor(np.asarray(state), dtype=torch.float32)
+def as_tensor_state(state: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A real state [S] (float64 from MuJoCo) as the float32 tensor planners use, on
+    ``device`` (one copy: the state crosses to the device once per planning step)."""
+    return torch.as_tensor(np.asarray(state), dtype=torch.float32, device=device)

@@ -81,7 +81,9 @@ class EnsembleLinear(nn.Module):
     """E independent affine maps evaluated with one batched matmul.
 
     weight: [E, in, out], bias: [E, 1, out]. Each member is initialised like
-    ``nn.Linear`` (Kaiming-uniform with fan-in ``in``), independently.
+    ``nn.Linear`` (Kaiming-uniform with fan-in ``in``), independently, on the
+    generator's device (the CPU for a CPU generator); the owner moves the module to
+    its device afterwards, so a seed gives the same weights on every device.
     """
 
     def __init__(
@@ -102,8 +104,9 @@ class EnsembleLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         bound = 1.0 / math.sqrt(in_features)
-        w = torch.empty(ensemble_size, in_features, out_features)
-        b = torch.empty(ensemble_size, 1, out_features)
+        device = generator.device if generator is not None else torch.device("cpu")
+        w = torch.empty(ensemble_size, in_features, out_features, device=device)
+        b = torch.empty(ensemble_size, 1, out_features, device=device)
         w.uniform_(-bound, bound, generator=generator)
         b.uniform_(-bound, bound, generator=generator)
         self.weight = nn.Parameter(w)
@@ -171,7 +174,8 @@ class EnsembleMLP(nn.Module):
         """A flat buffer for :meth:`infer` on up to ``rows`` rows per member."""
         hidden = self.linears[0].out_features if len(self.linears) > 1 else 0
         n = rows * (2 * hidden + self.ensemble_size * self.out_features)
-        return torch.empty(n, dtype=self.linears[0].weight.dtype)
+        weight = self.linears[0].weight
+        return torch.empty(n, dtype=weight.dtype, device=weight.device)
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
@@ -217,7 +221,7 @@ class EnsembleMLP(nn.Module):
 
     def select(self, members: list[int] | torch.Tensor) -> EnsembleMLP:
         """A detached copy holding only the given members (e.g. the elites)."""
-        idx = torch.as_tensor(members, dtype=torch.long)
+        idx = torch.as_tensor(members, dtype=torch.long, device=self.linears[0].weight.device)
         out = copy.deepcopy(self)
         out.ensemble_size = len(idx)
         for lin in out.linears:
@@ -307,12 +311,10 @@ class StateFeatures(nn.Module):
                     f"{len(keep)}-dimensional state"
                 )
         self.derived = tuple(d for d in derived if keep[list(d.inputs)].all())
-        self.register_buffer(
-            "plain_idx", torch.as_tensor(np.flatnonzero(keep & ~per), dtype=torch.long)
-        )
-        self.register_buffer(
-            "periodic_idx", torch.as_tensor(np.flatnonzero(keep & per), dtype=torch.long)
-        )
+        # built on the CPU like every module here, then moved with its owner
+        for name, idx in (("plain_idx", keep & ~per), ("periodic_idx", keep & per)):
+            flat = torch.as_tensor(np.flatnonzero(idx), dtype=torch.long, device="cpu")
+            self.register_buffer(name, flat)
         self.out_dim = int((keep & ~per).sum() + 2 * (keep & per).sum()) + len(self.derived)
 
     @property
@@ -341,8 +343,8 @@ class Normalizer(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("mean", torch.zeros(dim, device="cpu"))  # moved with its owner
+        self.register_buffer("std", torch.ones(dim, device="cpu"))
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
@@ -365,27 +367,18 @@ def bootstrap_indices(n: int, ensemble_size: int, generator: torch.Generator) ->
 
     Bootstrapping gives the members different data so their disagreement
     estimates epistemic uncertainty (Lakshminarayanan et al. 2017; PETS Sec. 4.1).
+    Drawn on the generator's device.
     """
     if n < 1:
         raise ValueError("cannot bootstrap an empty data set")
-    return torch.randint(0, n, (ensemble_size, n), generator=generator)
-
-
-def minibatches(
-    indices: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """Shuffle each member's row of ``indices [E, n]`` and cut it into ``[E, b]`` batches."""
-    E, n = indices.shape
-    perm = torch.argsort(torch.rand(E, n, generator=generator), dim=1)
-    shuffled = torch.gather(indices, 1, perm)
-    return list(torch.split(shuffled, batch_size, dim=1))
+    return torch.randint(0, n, (ensemble_size, n), generator=generator, device=generator.device)
 
 
 def make_generator(seed: int | torch.Generator) -> torch.Generator:
     """A CPU torch generator from a seed (or the generator itself)."""
     if isinstance(seed, torch.Generator):
         return seed
-    g = torch.Generator()
+    g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
     return g
 

@@ -82,7 +82,7 @@ def reward_spearman(
     true = task.true_reward(states, actions, next_states)
     if np.ptp(true) == 0:
         raise ValueError("the true reward is constant on these transitions; Spearman is undefined")
-    pred = model.predict(states, actions, next_states)[0].numpy()
+    pred = model.predict(states, actions, next_states)[0].cpu().numpy()
     if np.ptp(pred) == 0:
         raise ValueError(
             "the learned reward is constant on these transitions; Spearman is undefined"

@@ -14,6 +14,9 @@ pairs, so their disagreement estimates epistemic uncertainty (Leike et al.
 training steps (Christiano et al. 2017, Sec. 2.2.3: "normalized to have zero
 mean and constant standard deviation"), which keeps the reward scale the
 planner sees stable across refits.
+
+Devices: initialised on the CPU from the seed, then moved to ``device``; a fit moves
+its padded pairs there once; predictions move their inputs there and answer there.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class RewardEnsemble:
         weight_decay: float = 0.01,
         state: str = "next",
         seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         if state not in ("current", "next"):
             raise ValueError(
@@ -140,7 +144,7 @@ class RewardEnsemble:
             "activation": activation,
             "state": state,
         }
-        init_gen = torch.Generator().manual_seed(int(seed))
+        init_gen = torch.Generator(device="cpu").manual_seed(int(seed))
         self.net = RewardNet(
             state_dim,
             action_dim,
@@ -152,7 +156,8 @@ class RewardEnsemble:
             layers,
             activation,
             init_gen,
-        )
+        ).to(device)
+        self.device = torch.device(device)
         if self.net.state_features.derived:  # absent from older checkpoints' configs
             self._config["derived"] = self.net.state_features.derived_names
         # Adam's moments carry over from one fit to the next (and into checkpoints).
@@ -177,15 +182,16 @@ class RewardEnsemble:
     def _pad(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw inputs [N, T, S+A] (zero padded) and validity mask [N, T] (bool)."""
         t_max = max(seg.length for seg in segments)
-        x = torch.zeros(len(segments), t_max, self.state_dim + self.action_dim)
-        mask = torch.zeros(len(segments), t_max, dtype=torch.bool)
+        cpu = torch.device("cpu")
+        x = torch.zeros(len(segments), t_max, self.state_dim + self.action_dim, device=cpu)
+        mask = torch.zeros(len(segments), t_max, dtype=torch.bool, device=cpu)
         for i, seg in enumerate(segments):
             self._check_segment(seg)
             # one row per step t < T: (s_t or s_{t+1}, a_t)
             step = np.concatenate([self._step_states(seg.states), seg.actions], axis=1)
-            x[i, : seg.length] = torch.as_tensor(step, dtype=torch.float32)
+            x[i, : seg.length] = torch.as_tensor(step, dtype=torch.float32, device=cpu)
             mask[i, : seg.length] = True
-        return x, mask
+        return x.to(self.device), mask.to(self.device)  # padded on the CPU, moved at once
 
     def _step_states(self, states: np.ndarray) -> np.ndarray:
         """The state each step's reward reads, from a segment's states [T+1, S] -> [T, S]."""
@@ -219,7 +225,7 @@ class RewardEnsemble:
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
         used = usable_pairs(pairs)
-        n_excluded = len(pairs) - len(used)
+        n_excluded, targets = len(pairs) - len(used), [p[2].target for p in used]
         self._inference.clear()
 
         left_raw, left_mask = self._pad([p[0] for p in used])
@@ -234,7 +240,7 @@ class RewardEnsemble:
             right=self._features(right_raw, right_mask),
             left_mask=left_mask,
             right_mask=right_mask,
-            target=torch.tensor([p[2].target for p in used], dtype=torch.float32),
+            target=torch.tensor(targets, dtype=torch.float32, device=self.device),
         )
 
         def bradley_terry(idx: torch.Tensor) -> torch.Tensor:  # idx [E, b]
@@ -261,7 +267,7 @@ class RewardEnsemble:
             raw = self.net.raw(x)  # [E, rows]
             self.net.out_shift.copy_(raw.mean(1))
             self.net.out_scale.copy_(raw.std(1, unbiased=False).clamp_min(1e-6))
-            every = torch.arange(N).expand(E, N)
+            every = torch.arange(N, device=self.device).expand(E, N)
             logits = bradley_terry_logits(self.net.raw, data, every).mean(0)  # [N]
         strict = data.target != 0.5
         agree = (logits[strict] > 0) == (data.target[strict] > 0.5)
@@ -295,7 +301,8 @@ class RewardEnsemble:
     ) -> torch.Tensor:
         """Standardised reward of every member for transitions (s_t, a_t, s_{t+1}).
 
-        states [..., S], actions [..., A], next_states [..., S] -> [E, ...].
+        states [..., S], actions [..., A], next_states [..., S] -> [E, ...] (on the
+        model's device).
         ``next_states`` is required when the model reads ``s_{t+1}`` and may be
         omitted when it reads ``s_t``.
         """
@@ -305,8 +312,8 @@ class RewardEnsemble:
                     "this reward model reads the next state r(a_t, s_t+1): pass next_states"
                 )
             states = next_states
-        s = torch.as_tensor(states)
-        a = torch.as_tensor(actions)
+        s = torch.as_tensor(states, device=self.device)
+        a = torch.as_tensor(actions, device=self.device)
         if s.shape[-1] != self.state_dim or a.shape[-1] != self.action_dim:
             raise ValueError(
                 f"predict expects states [..., {self.state_dim}] and actions "
@@ -319,7 +326,7 @@ class RewardEnsemble:
         lead = s.shape[:-1]
         net = self._inference_net(dtype)
         s2, a2 = s.reshape(-1, self.state_dim), a.reshape(-1, self.action_dim)
-        out = torch.empty(self.ensemble_size, s2.shape[0])  # [E, B]
+        out = torch.empty(self.ensemble_size, s2.shape[0], device=self.device)  # [E, B]
         scratch = net.mlp.scratch(min(s2.shape[0], INFERENCE_CHUNK))
         for sl in row_slices(s2.shape[0]):
             out[:, sl] = net.infer_scaled(net.features(s2[sl], a2[sl]), scratch)
@@ -357,11 +364,11 @@ class RewardEnsemble:
     @torch.no_grad()
     def return_difference(self, left: Segment, right: Segment) -> torch.Tensor:
         """Per-member raw predicted return of ``left`` minus ``right``: [E]."""
-        returns = []
+        returns, dev = [], self.device
         for seg in (left, right):
             self._check_segment(seg)
-            s = torch.as_tensor(self._step_states(seg.states), dtype=torch.float32)
-            a = torch.as_tensor(seg.actions, dtype=torch.float32)
+            s = torch.as_tensor(self._step_states(seg.states), dtype=torch.float32, device=dev)
+            a = torch.as_tensor(seg.actions, dtype=torch.float32, device=dev)
             returns.append(self.net.raw(self.net.features(s, a)).sum(-1))  # [E]
         return returns[0] - returns[1]
 

@@ -66,8 +66,8 @@ class RewardNet(nn.Module):
             generator=generator,
         )
         # Per-member affine map from the Bradley-Terry scale to the planning scale.
-        self.register_buffer("out_shift", torch.zeros(ensemble_size))  # [E]
-        self.register_buffer("out_scale", torch.ones(ensemble_size))  # [E]
+        self.register_buffer("out_shift", torch.zeros(ensemble_size, device="cpu"))  # [E]
+        self.register_buffer("out_scale", torch.ones(ensemble_size, device="cpu"))  # [E]
 
     def features(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """states [B, S], actions [B, A] -> normalised inputs [B, in] (float32)."""

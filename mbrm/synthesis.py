@@ -7,6 +7,10 @@ off-policy feedback as a way to close loopholes before the agent exploits them.
 The objectives here: reward-ensemble disagreement plus side-constraint uncertainty,
 novelty (distance to every state judged so far), and the lowest predicted reward;
 each but the last minus a realism term (the world model's own disagreement).
+
+Devices: the acquisition is computed where the world model imagines; the novelty
+reference set is moved there once per round, and each synthesised plan comes back
+to the CPU once, as a segment.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbrm.device import device_of
 from mbrm.feedback.segments import Segment, SegmentSource
 from mbrm.imagination import ModelImagination, as_tensor_state
 from mbrm.nn import StateFeatures
@@ -28,10 +33,11 @@ SYNTHESIS_OBJECTIVES = ("uncertainty", "novelty", "min_reward")
 def imagined_segment(
     top_states: torch.Tensor, top_actions: torch.Tensor, length: int, particle: int = 0
 ) -> Segment:
-    """The best candidate's imagined trajectory (one particle) as a segment."""
+    """The best candidate's imagined trajectory (one particle) as a segment (on the CPU)."""
     T = min(length, top_actions.shape[1])
-    states = top_states[0, particle, : T + 1].double().numpy()
-    return Segment(states, top_actions[0, :T].double().numpy(), SegmentSource.IMAGINED)
+    states = top_states[0, particle, : T + 1].double().cpu().numpy()
+    actions = top_actions[0, :T].double().cpu().numpy()
+    return Segment(states, actions, SegmentSource.IMAGINED)
 
 
 def novelty_features(task: Task, classifier: Any | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -53,15 +59,20 @@ def novelty_reference(
     """Reference set of the novelty objective: features of ``states`` [L, F] and their scale [F].
 
     At most ``max_states`` states (a random subset) keep the distance computation cheap;
-    the scale is each feature's std over the reference (at least 1e-3).
+    the scale is each feature's std over the reference (at least 1e-3). Both are on the
+    device of ``features`` (the CPU for a module without tensors or a plain function).
     """
     if len(states) == 0:
         raise ValueError("the novelty objective needs at least one reference state")
     if len(states) > max_states:
         states = states[np.sort(rng.choice(len(states), max_states, replace=False))]
+    device = device_of(features) if isinstance(features, torch.nn.Module) else torch.device("cpu")
     with torch.no_grad():
-        ref = features(torch.as_tensor(states, dtype=torch.float32)).float()
-    scale = ref.std(0, unbiased=False).clamp(min=1e-3) if len(ref) > 1 else torch.ones(ref.shape[1])
+        ref = features(torch.as_tensor(states, dtype=torch.float32, device=device)).float()
+    if len(ref) > 1:
+        scale = ref.std(0, unbiased=False).clamp(min=1e-3)
+    else:
+        scale = torch.ones(ref.shape[1], device=ref.device)
     return ref / scale, scale
 
 
@@ -131,7 +142,7 @@ def synthesise(
     out = []
     for s0 in starts:
         with torch.no_grad():
-            res = planner.plan(as_tensor_state(s0), synth, generator=generator)
+            res = planner.plan(as_tensor_state(s0, planner.device), synth, generator=generator)
         seg = imagined_segment(res.top_states, res.top_actions, length)
         out.append(
             Segment(seg.states, seg.actions, SegmentSource.SYNTHESISED, {"objective": objective})
@@ -171,8 +182,10 @@ def synthesise_round(
     if not learning or not counts:
         return []
     features, reference = None, None
-    if "novelty" in counts:
+    if "novelty" in counts:  # measured where the planner imagines
         features = novelty_features(task, feature_classifier)
+        if isinstance(features, torch.nn.Module):
+            features = features.to(planner.device)
         reference = novelty_reference(judged if len(judged) else replay_states, features, rng=rng)
     out: list[Segment] = []
     for objective, n in counts.items():

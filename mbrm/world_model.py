@@ -18,6 +18,11 @@ Training (:mod:`mbrm.ensemble_training`) holds out part of the data, stops early
 when no member improves its held-out error, restores each member's best weights,
 and keeps the members with the lowest held-out error as elites; only elites are
 used for imagination.
+
+Devices: the model is initialised on the CPU from its seed and moved to ``device``;
+a fit moves its data there once; imagination draws its random numbers on the
+generator's device (:mod:`mbrm.world_model_draws`), so a seed imagines the same
+samples on every device.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from mbrm.nn import (
     make_generator,
     resolve_dtype,
 )
+from mbrm.world_model_draws import RolloutDraws, deal
 
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
@@ -73,6 +79,7 @@ class WorldModel(nn.Module):
         lr: float = 1e-3,
         weight_decay: float = 5e-5,
         seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
         if not 1 <= elites <= ensemble_size:
@@ -99,15 +106,21 @@ class WorldModel(nn.Module):
             generator=g,
         )
         # Soft log-variance bounds (PETS appendix A.1), in normalised-target units.
-        self.max_logvar = nn.Parameter(torch.full((state_dim,), 0.5))
-        self.min_logvar = nn.Parameter(torch.full((state_dim,), -10.0))
+        self.max_logvar = nn.Parameter(torch.full((state_dim,), 0.5, device="cpu"))
+        self.min_logvar = nn.Parameter(torch.full((state_dim,), -10.0, device="cpu"))
         self.input_norm = Normalizer(in_dim)
         self.target_norm = Normalizer(state_dim)
-        self.register_buffer("elite_idx", torch.arange(elites, dtype=torch.long))
+        self.register_buffer("elite_idx", torch.arange(elites, dtype=torch.long, device="cpu"))
         self._infer_cache: dict[torch.dtype, EnsembleMLP] = {}
+        self.to(device)
         self.trainer = EnsembleTrainer(
             self.parameters(), lr=lr, weight_decay=weight_decay, keep_optimizer=False
         )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (inputs are moved here, outputs stay here)."""
+        return self.max_logvar.device
 
     # ------------------------------------------------------------------ network pieces
 
@@ -152,8 +165,8 @@ class WorldModel(nn.Module):
         import time
 
         t0 = time.perf_counter()
-        s, a, s2 = (
-            torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        s, a, s2 = (  # the data move to the device once per fit
+            torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
             for x in (states, actions, next_states)
         )
         n = s.shape[0]
@@ -171,11 +184,13 @@ class WorldModel(nn.Module):
         raw_in = torch.cat([self.features(s), a], dim=-1)
         delta = s2 - s
 
-        hold, train = holdout_split(n, holdout_ratio, max_holdout, generator)
-        self.input_norm.fit(raw_in[train])
-        self.target_norm.fit(delta[train])
+        hold, train = holdout_split(n, holdout_ratio, max_holdout, generator)  # generator's
+        train_rows = train.to(self.device)
+        self.input_norm.fit(raw_in[train_rows])
+        self.target_norm.fit(delta[train_rows])
         x_all, y_all = self.input_norm(raw_in), self.target_norm(delta)
-        x_hold, y_hold = x_all[hold], y_all[hold]
+        hold_rows = hold.to(self.device)
+        x_hold, y_hold = x_all[hold_rows], y_all[hold_rows]
 
         def nll(idx: torch.Tensor) -> torch.Tensor:  # idx [E, b]
             mean, logvar = self(x_all[idx])  # [E, b, S]
@@ -243,7 +258,7 @@ class WorldModel(nn.Module):
     ) -> dict:
         """Held-out one-step MSE of the elite-mean prediction vs. predicting 'no change'."""
         s, a, s2 = (
-            torch.as_tensor(np.asarray(x), dtype=torch.float32)
+            torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
             for x in (states, actions, next_states)
         )
         pred = self.mean_next_state(s, a)
@@ -279,16 +294,17 @@ class WorldModel(nn.Module):
         """Imagine ``particles`` futures of each action sequence (PETS Sec. 5).
 
         state: [S] or [N, S]; actions: [N, H, A]. Returns states [N, P, H+1, S]
-        (float32) with ``states[:, :, 0]`` the start state. Every step is one
-        batched call over all N * P particles and all elite members.
+        (float32, on the model's device; inputs elsewhere are moved there) with
+        ``states[:, :, 0]`` the start state. Every step is one batched call over all
+        N * P particles and all elite members.
         """
         if propagation not in PROPAGATIONS:
             raise ValueError(f"unknown propagation {propagation!r}; expected one of {PROPAGATIONS}")
         N, H, A = actions.shape
         if A != self.action_dim:
             raise ValueError(f"actions have {A} dimensions, the model expects {self.action_dim}")
-        S, P = self.state_dim, particles
-        state = state.float()
+        S, P, device = self.state_dim, particles, self.device
+        state = state.to(device, torch.float32)
         if state.dim() == 1:
             state = state.unsqueeze(0).expand(N, S)
         if state.shape != (N, S):
@@ -296,9 +312,9 @@ class WorldModel(nn.Module):
         net = self._elite_net(dtype)
         E = len(self.elite_idx)
         B = N * P
-        out = torch.empty(N, P, H + 1, S)
+        out = torch.empty(N, P, H + 1, S, device=device)
         out[:, :, 0] = state.unsqueeze(1)
-        actions = actions.float()
+        actions = actions.to(device, torch.float32)
 
         if propagation == "expectation":
             cur = out[:, :, 0].reshape(B, S).clone()  # [B, S] in (candidate, particle) order
@@ -329,6 +345,7 @@ class WorldModel(nn.Module):
         """
         N, P, H1, S = out.shape
         E, B, D = len(self.elite_idx), N * P, self.features.out_dim
+        device = out.device
         per = -(-B // E)
         pad = per * E - B
         # rows[:, t]: [B, S] states at step t in (candidate, particle) order
@@ -336,17 +353,18 @@ class WorldModel(nn.Module):
         # The normaliser acts per dimension, so the action columns are normalised once: [H, N, A]
         norm_mean, norm_std = self.input_norm.mean, self.input_norm.std
         acts = actions.sub(norm_mean[D:]).div_(norm_std[D:]).transpose(0, 1).contiguous()
-        x = torch.empty(E * per, D + self.action_dim)  # network input, one row per slot
-        noise = torch.empty(E, per, S)
-        lv = torch.empty(E, per, S)
+        x = torch.empty(E * per, D + self.action_dim, device=device)  # one row per slot
+        noise = torch.empty(E, per, S, device=device)
+        lv = torch.empty(E, per, S, device=device)
         scratch = net.scratch(per)  # the networks' activations, reused every step
-        candidate = torch.arange(B) // P  # [B] action sequence of each row
-        slot = self._deal(B, pad, generator)  # [E * per] row index per slot
+        candidate = torch.arange(B, device=device) // P  # [B] action sequence of each row
+        draws = RolloutDraws(H1 - 1, B, pad, noise.shape, propagation, generator, device)
+        slot = draws.deal(0)  # [E * per] row index per slot
         slot_candidate = candidate[slot]  # [E * per]
         max_lv, min_lv = self.max_logvar.detach(), self.min_logvar.detach()
         for t in range(H1 - 1):
             if propagation == "ts1" and t > 0:
-                slot = self._deal(B, pad, generator)
+                slot = draws.deal(t)
                 slot_candidate = candidate[slot]
             # gather raw rows first: features are computed once per slot, not per row and slot
             s_rows = rows[:, t].index_select(0, slot)  # [E * per, S]
@@ -360,15 +378,12 @@ class WorldModel(nn.Module):
             torch.sub(max_lv, lv, out=lv).sub_(min_lv)
             torch.ops.aten.softplus.out(lv, 1, 20, out=lv)
             lv.add_(min_lv)
-            torch.randn(E, per, S, generator=generator, out=noise)
+            noise = draws.noise(t, noise)  # [E, per, S] standard normal
             # delta = target_norm.inverse(mean + noise * exp(logvar / 2))
             delta = noise.mul_(lv.mul_(0.5).exp_()).add_(mean)
             delta = delta.mul_(self.target_norm.std).add_(self.target_norm.mean).view(E * per, S)
             rows[:, t + 1].index_copy_(0, slot[:B], delta[:B].add_(s_rows[:B]))
         return out
 
-    @staticmethod
-    def _deal(B: int, pad: int, generator: torch.Generator) -> torch.Tensor:
-        """A random assignment of B rows to E equal groups (padding repeats rows)."""
-        perm = torch.randperm(B, generator=generator)
-        return torch.cat([perm, perm[:pad]]) if pad else perm
+    # A random assignment of B rows to E equal groups (padding repeats rows).
+    _deal = staticmethod(deal)

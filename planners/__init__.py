@@ -10,6 +10,7 @@ Imports torch, numpy and the standard library only, never ``mbrm`` or ``constrai
 
 from collections.abc import Callable
 
+import torch
 from numpy.typing import ArrayLike
 
 from planners.base import (
@@ -33,9 +34,13 @@ PLANNERS: dict[str, tuple[type[PlannerSettings], Callable[..., Planner]]] = {
 
 
 def make_planner(
-    settings: PlannerSettings, action_low: ArrayLike, action_high: ArrayLike
+    settings: PlannerSettings,
+    action_low: ArrayLike,
+    action_high: ArrayLike,
+    device: torch.device | str = "cpu",
 ) -> Planner:
-    """The planner ``settings.kind`` names, over the box ``[action_low, action_high]``."""
+    """The planner ``settings.kind`` names, over the box ``[action_low, action_high]``,
+    planning on ``device``."""
     if not isinstance(settings, PlannerSettings):
         raise TypeError(f"make_planner needs planner settings, got {type(settings).__name__}")
     settings_type, build = PLANNERS[settings.kind]
@@ -44,7 +49,7 @@ def make_planner(
             f"planner.kind {settings.kind!r} needs {settings_type.__name__}, "
             f"got {type(settings).__name__}"
         )
-    return build(settings, action_low, action_high)
+    return build(settings, action_low, action_high, device)
 
 
 __all__ = [

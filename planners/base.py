@@ -6,6 +6,12 @@ This keeps them independent of the world model, reward model and constraint
 sets (and testable on analytic objectives), as in mctx where the model is passed
 in, never subclassed.
 
+Devices: a planner is built on one device (its action box lives there) and plans
+there: the start state is moved there once per call and every tensor of a
+:class:`PlanResult` is there. Random numbers come from the caller's generator, drawn
+on the generator's device and moved once per iteration, so a seed gives the same
+plans on every device.
+
 This module imports torch and numpy only; it must never import ``mbrm`` or
 ``constraints``.
 """
@@ -223,15 +229,16 @@ def _fields(t: TopK) -> tuple[torch.Tensor, ...]:
 class RejectionTally:
     """Counts of imagined and rejected candidates over one ``plan`` call.
 
-    Counts stay tensors until :meth:`totals` so the search loop does not wait on them.
+    Counts stay tensors (on the planner's device) until :meth:`totals` so the search
+    loop does not wait on them.
     """
 
     def __init__(self) -> None:
         self.n_candidates = 0
         self.n_calls = 0
-        self._rejected = torch.zeros((), dtype=torch.long)
-        self._nan = torch.zeros((), dtype=torch.long)
-        self._by: dict[str, torch.Tensor] = {}
+        self._rejected: torch.Tensor | int = 0
+        self._nan: torch.Tensor | int = 0
+        self._by: dict[str, torch.Tensor | int] = {}
 
     def add(self, scores: CandidateScores) -> None:
         self.n_calls += 1
@@ -241,17 +248,20 @@ class RejectionTally:
         self._nan = self._nan + scores.nan.sum()
         for name, flagged in scores.flagged.items():
             count = (flagged & rejected).sum()
-            self._by[name] = self._by.get(name, torch.zeros((), dtype=torch.long)) + count
+            self._by[name] = self._by.get(name, 0) + count
 
     def totals(self) -> tuple[int, int, dict[str, int]]:
         """(n_rejected, n_nan, rejected_by)."""
         return int(self._rejected), int(self._nan), {k: int(v) for k, v in self._by.items()}
 
 
-def action_box(action_low: ArrayLike, action_high: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated float32 action bounds ``(low [A], high [A])``."""
-    low = torch.as_tensor(np.asarray(action_low, dtype=np.float32)).reshape(-1)
-    high = torch.as_tensor(np.asarray(action_high, dtype=np.float32)).reshape(-1)
+def action_box(
+    action_low: ArrayLike, action_high: ArrayLike, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated float32 action bounds ``(low [A], high [A])`` on ``device``."""
+    cpu = torch.device("cpu")
+    low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=cpu).reshape(-1)
+    high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=cpu).reshape(-1)
     if low.shape != high.shape or low.numel() == 0:
         raise ValueError(
             f"action_low and action_high must be non-empty and of one shape, "
@@ -261,7 +271,7 @@ def action_box(action_low: ArrayLike, action_high: ArrayLike) -> tuple[torch.Ten
         raise ValueError("action bounds must be finite")
     if not (low < high).all():
         raise ValueError(f"action_low must be below action_high, got {low} and {high}")
-    return low, high
+    return low.to(device), high.to(device)
 
 
 def warm_start(
@@ -277,13 +287,13 @@ def warm_start(
     The freed last step repeats the previous last action (``fill="repeat"``) or is
     zero clipped into the box (``fill="zero"``). Without a previous plan the
     initial plan is zero clipped into the box (PETS, Chua et al. 2018, Sec. 5:
-    receding-horizon control re-uses the previous solution).
+    receding-horizon control re-uses the previous solution). On the box's device.
     """
     A = low.shape[0]
-    zero = torch.zeros(A).clamp(low, high)  # [A]
+    zero = torch.zeros(A, device=low.device).clamp(low, high)  # [A]
     if previous_plan is None:
         return zero.expand(horizon, A).clone()
-    prev = torch.as_tensor(previous_plan, dtype=torch.float32)
+    prev = torch.as_tensor(previous_plan, dtype=torch.float32, device=low.device)
     if tuple(prev.shape) != (horizon, A):
         raise ValueError(
             f"previous_plan has shape {tuple(prev.shape)}, expected [H={horizon}, A={A}]"
@@ -294,12 +304,12 @@ def warm_start(
     return torch.cat([prev[1:], last[None]]).clamp(low, high)
 
 
-def check_state(state: torch.Tensor) -> torch.Tensor:
-    """The start state as a 1-D tensor, or a clear error."""
+def check_state(state: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The start state as a 1-D tensor on the planner's ``device``, or a clear error."""
     if not isinstance(state, torch.Tensor) or state.dim() != 1:
         got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
         raise ValueError(f"state must be a 1-D tensor [S], got {got}")
-    return state
+    return state.to(device)
 
 
 def check_generator(generator: object) -> torch.Generator:
@@ -331,9 +341,13 @@ def finish(
     plan_feasible: bool,
     top: TopK,
     tally: RejectionTally,
-    history: list[float],
+    history: list[torch.Tensor],
 ) -> PlanResult:
-    """Assemble a PlanResult; ``no_safe_plan`` holds when nothing evaluated was feasible."""
+    """Assemble a PlanResult; ``no_safe_plan`` holds when nothing evaluated was feasible.
+
+    ``history`` holds the best score after each iteration as 0-d tensors, read back here
+    once rather than once per iteration.
+    """
     n_rejected, n_nan, rejected_by = tally.totals()
     return PlanResult(
         action=plan[0].clone(),
@@ -351,7 +365,7 @@ def finish(
         top_actions=top.actions,
         top_scores=top.score,
         top_feasible=top.feasible,
-        history=tuple(history),
+        history=tuple(torch.stack(history).tolist()) if history else (),
     )
 
 
@@ -360,6 +374,9 @@ class Planner(Protocol):
 
     @property
     def settings(self) -> PlannerSettings: ...
+
+    @property
+    def device(self) -> torch.device: ...
 
     def plan(
         self,

@@ -49,28 +49,32 @@ def coloured_noise(
     per frequency, scaled by f^(-beta/2), summed over the real Fourier basis (an
     inverse real DFT written as two small matmuls, much faster than many tiny FFTs).
     The marginal variance of every step is exactly 1, so the noise can feed a
-    Gaussian copula.
+    Gaussian copula. Drawn and computed on the generator's device (the caller moves
+    it), so a seed gives the same noise whichever device plans.
     """
+    device = generator.device
     if beta == 0.0:
-        return torch.randn(n, horizon, action_dim, generator=generator)
-    cos, sin = _fourier_basis(horizon, beta)  # [F, H] each
+        return torch.randn(n, horizon, action_dim, generator=generator, device=device)
+    cos, sin = _fourier_basis(horizon, beta, device)  # [F, H] each
     F = cos.shape[0]
-    re = torch.randn(n * action_dim, F, generator=generator, dtype=torch.float64)
-    im = torch.randn(n * action_dim, F, generator=generator, dtype=torch.float64)
+    re = torch.randn(n * action_dim, F, generator=generator, dtype=torch.float64, device=device)
+    im = torch.randn(n * action_dim, F, generator=generator, dtype=torch.float64, device=device)
     x = re @ cos + im @ sin  # [n * A, H]
     return x.reshape(n, action_dim, horizon).transpose(1, 2).float()
 
 
-def _fourier_basis(horizon: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fourier_basis(
+    horizon: int, beta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled real Fourier basis whose random combinations have unit variance per step."""
-    k = torch.arange(horizon // 2 + 1, dtype=torch.float64)  # [F]
-    t = torch.arange(horizon, dtype=torch.float64)  # [H]
+    k = torch.arange(horizon // 2 + 1, dtype=torch.float64, device=device)  # [F]
+    t = torch.arange(horizon, dtype=torch.float64, device=device)  # [H]
     # The lowest frequency H steps can resolve stands in for 0, where 1/f^beta diverges.
     freqs = torch.clamp(k / horizon, min=1.0 / horizon)
     amp = freqs.pow(-beta / 2.0)[:, None]  # [F, 1]
     angle = 2.0 * math.pi * k[:, None] * t[None, :] / horizon  # [F, H]
     # Frequencies other than 0 and Nyquist stand for a conjugate pair: twice the weight.
-    pair = torch.full((k.shape[0], 1), 2.0, dtype=torch.float64)
+    pair = torch.full((k.shape[0], 1), 2.0, dtype=torch.float64, device=device)
     pair[0] = 1.0
     if horizon % 2 == 0:
         pair[-1] = 1.0
@@ -114,16 +118,22 @@ class CEMPlanner:
     Every option is a field of :class:`CEMSettings`; the action box comes from the
     task at run time. Defaults are PETS CEM: white noise, no kept elites, a constant population, and
     the mean of the final distribution executed (imagined once more so that its
-    feasibility is checked, never assumed).
+    feasibility is checked, never assumed). Plans on ``device``; the sampling noise is
+    drawn on the generator's device and moved once per iteration.
     """
 
     def __init__(
-        self, settings: CEMSettings, action_low: ArrayLike, action_high: ArrayLike
+        self,
+        settings: CEMSettings,
+        action_low: ArrayLike,
+        action_high: ArrayLike,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not isinstance(settings, CEMSettings):
             raise TypeError(f"CEMPlanner needs CEMSettings, got {type(settings).__name__}")
         self.settings = settings
-        self.low, self.high = action_box(action_low, action_high)
+        self.device = torch.device(device)
+        self.low, self.high = action_box(action_low, action_high, self.device)
         # iCEM's xi as a count: the best elites re-imagined in the next iteration.
         self.n_keep = math.ceil(settings.keep_elites * settings.elites)
 
@@ -142,7 +152,7 @@ class CEMPlanner:
         previous_plan: torch.Tensor | None = None,
     ) -> PlanResult:
         """Plan from ``state`` [S]; ``previous_plan`` [H, A] is shifted to warm-start."""
-        state = check_state(state)
+        state = check_state(state, self.device)
         check_generator(generator)
         s = self.settings
         H, A = s.horizon, self.low.shape[0]
@@ -154,7 +164,7 @@ class CEMPlanner:
         kept = mean.new_empty(0, H, A)  # elites carried into the next iteration
         top: TopK | None = None
         tally = RejectionTally()
-        history: list[float] = []
+        history: list[torch.Tensor] = []  # best score so far, per iteration
 
         for i in range(s.iterations):
             # Sample: fresh sequences plus the ones iCEM re-imagines (kept elites,
@@ -166,7 +176,7 @@ class CEMPlanner:
                 extra.append(mean[None])
             extra_actions = torch.cat(extra)  # [n_extra, H, A]
             n_new = max(self.population_size(i) - extra_actions.shape[0], 1)
-            noise = coloured_noise(n_new, H, A, s.noise_beta, generator)  # [n_new, H, A]
+            noise = coloured_noise(n_new, H, A, s.noise_beta, generator).to(self.device)
             fresh = truncated_normal(mean, var.sqrt(), self.low, self.high, noise)
             actions = torch.cat([fresh, extra_actions])  # [N_i, H, A]
 
@@ -177,7 +187,7 @@ class CEMPlanner:
             )
             tally.add(scores)
             top = merge_top(top, batch, actions, scores, s.top_k)
-            history.append(top.best_score())
+            history.append(top.score[0])
 
             # Elites: feasible candidates only; the least risky while none is feasible.
             order = rank(scores.score, scores.risk, scores.exposure, scores.feasible)

@@ -113,18 +113,24 @@ class MCTSPlanner:
     """Batched continuous-action MCTS with pruning of unacceptable children.
 
     Every option is a field of :class:`MCTSSettings`; the action box comes from the
-    task at run time.
+    task at run time. The tree lives on the CPU (numpy) and the imagination runs on
+    ``device``: each batch of leaves crosses there once and its values come back once.
     """
 
     def __init__(
-        self, settings: MCTSSettings, action_low: ArrayLike, action_high: ArrayLike
+        self,
+        settings: MCTSSettings,
+        action_low: ArrayLike,
+        action_high: ArrayLike,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not isinstance(settings, MCTSSettings):
             raise TypeError(f"MCTSPlanner needs MCTSSettings, got {type(settings).__name__}")
         self.settings = settings
-        self.low, self.high = action_box(action_low, action_high)
-        self._low = self.low.numpy()
-        self._high = self.high.numpy()
+        self.device = torch.device(device)
+        low, high = action_box(action_low, action_high)  # on the CPU, for the tree
+        self._low, self._high = low.numpy(), high.numpy()
+        self.low, self.high = low.to(self.device), high.to(self.device)
 
     def plan(
         self,
@@ -135,19 +141,23 @@ class MCTSPlanner:
         previous_plan: torch.Tensor | None = None,
     ) -> PlanResult:
         """Search from ``state`` [S]; ``previous_plan`` [H, A] is shifted to warm-start."""
-        state = check_state(state)
+        state = check_state(state, self.device)
         check_generator(generator)
         s = self.settings
         H, A = s.horizon, self.low.shape[0]
-        base = warm_start(
-            previous_plan, horizon=H, low=self.low, high=self.high, fill=s.warm_start_fill
-        ).numpy()  # [H, A] proposal centre per depth and the rollout policy
+        base = (
+            warm_start(
+                previous_plan, horizon=H, low=self.low, high=self.high, fill=s.warm_start_fill
+            )
+            .cpu()
+            .numpy()
+        )  # [H, A] proposal centre per depth and the rollout policy
 
         # Allocate the tree: each simulation adds at most one node.
         tree = Tree.allocate(1 + s.simulations, s.max_children, A)
         top: TopK | None = None
         tally = RejectionTally()
-        history: list[float] = []
+        history: list[torch.Tensor] = []  # best score so far, per batch
 
         done = 0
         while done < s.simulations:
@@ -169,14 +179,14 @@ class MCTSPlanner:
             actions = np.repeat(base[None], len(paths), axis=0)  # [B, H, A]
             for b, path in enumerate(paths):
                 actions[b, : len(path) - 1] = tree.action[path[1:]]
-            actions_t = torch.from_numpy(actions)
+            actions_t = torch.from_numpy(actions).to(self.device)  # one copy per batch
             batch = imagine(imagination, state, actions_t)
             scores = score_candidates(
                 batch, risk_aversion=s.risk_aversion, reject_above=s.reject_above
             )
             tally.add(scores)
             top = merge_top(top, batch, actions_t, scores, s.top_k)
-            history.append(top.best_score())
+            history.append(top.score[0])
             # Chance outcomes (particles) are averaged per edge; one flagged particle
             # or a NaN makes the edge unacceptable.
             r = batch.reward_mean.float() - s.risk_aversion * batch.reward_std.float()  # [B, P, H]
@@ -184,15 +194,15 @@ class MCTSPlanner:
             step_value = r.mean(1)  # [B, H]
             step_bad = (p > s.reject_above).any(1) | p.isnan().any(1) | step_value.isnan()
 
-            # Back up.
+            # Back up (the tree is on the CPU: the batch's values come back once).
             self._backup(
                 tree,
                 paths,
-                step_value.numpy().astype(np.float64),
-                step_bad.numpy(),
-                scores.score.numpy().astype(np.float64),
-                scores.risk.numpy().astype(np.float64),
-                scores.feasible.numpy(),
+                step_value.cpu().numpy().astype(np.float64),
+                step_bad.cpu().numpy(),
+                scores.score.cpu().numpy().astype(np.float64),
+                scores.risk.cpu().numpy().astype(np.float64),
+                scores.feasible.cpu().numpy(),
             )
             done += len(paths)
 
@@ -202,12 +212,13 @@ class MCTSPlanner:
     # -- simulate ----------------------------------------------------------------------
 
     def _draws(self, B: int, generator: torch.Generator) -> dict[str, np.ndarray]:
-        """All random numbers one batch of expansions can use, drawn at once."""
-        A = self.low.shape[0]
+        """All random numbers one batch of expansions can use, drawn at once (on the
+        generator's device, the CPU, where the tree is)."""
+        A, g = self.low.shape[0], generator
         return {
-            "normal": torch.randn(B, A, generator=generator).numpy(),
-            "pick": torch.rand(B, generator=generator).numpy(),
-            "uniform": torch.rand(B, A, generator=generator).numpy(),
+            "normal": torch.randn(B, A, generator=g, device=g.device).cpu().numpy(),
+            "pick": torch.rand(B, generator=g, device=g.device).cpu().numpy(),
+            "uniform": torch.rand(B, A, generator=g, device=g.device).cpu().numpy(),
         }
 
     def _select_and_expand(
@@ -311,7 +322,12 @@ class MCTSPlanner:
     # -- recommend ---------------------------------------------------------------------
 
     def _recommend(
-        self, tree: Tree, base: np.ndarray, top: TopK, tally: RejectionTally, history: list[float]
+        self,
+        tree: Tree,
+        base: np.ndarray,
+        top: TopK,
+        tally: RejectionTally,
+        history: list[torch.Tensor],
     ) -> PlanResult:
         """The best candidate imagined, or the most visited path (robust child).
 
@@ -335,7 +351,7 @@ class MCTSPlanner:
             plan = base.copy()
             plan[: len(prefix)] = tree.action[prefix]
             return finish(
-                plan=torch.from_numpy(plan),
+                plan=torch.from_numpy(plan).to(self.device),
                 plan_score=float(tree.seq_score[node]),
                 plan_risk=float(tree.seq_risk[node]),
                 plan_feasible=True,

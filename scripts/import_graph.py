@@ -64,7 +64,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("search", ("planners",)),
-    ("base", ("mbrm.nn", "mbrm.tasks", "mbrm.resources")),
+    ("base", ("mbrm.nn", "mbrm.device", "mbrm.tasks", "mbrm.resources")),
 )
 
 # Which layers each layer may import from (its own included).

@@ -60,9 +60,9 @@ def pair_scores(returns: torch.Tensor, pairs: np.ndarray, kind: str) -> np.ndarr
     """Acquisition score of each pair [K] from member returns [M, E] and pairs [K, 2]."""
     diff = returns[pairs[:, 0]] - returns[pairs[:, 1]]  # [K, E]
     if kind == "disagreement":
-        return torch.sigmoid(diff).std(-1, unbiased=False).numpy()
+        return torch.sigmoid(diff).std(-1, unbiased=False).cpu().numpy()
     if kind == "return_gap":
-        return diff.std(-1, unbiased=False).numpy()
+        return diff.std(-1, unbiased=False).cpu().numpy()
     raise ValueError(f"{kind!r} is not a pair acquisition; expected one of {PAIR_ACQUISITIONS}")
 
 
@@ -80,7 +80,8 @@ def constraint_uncertainty(classifier, segments: Sequence[Segment]) -> np.ndarra
         logit_tau = float(np.log(tau / (1 - tau)))
     out = np.empty(len(segments))
     for i, seg in enumerate(segments):
-        p, std = classifier.predict(torch.as_tensor(seg.states, dtype=torch.float32))
+        states = torch.as_tensor(seg.states, dtype=torch.float32, device="cpu")
+        p, std = classifier.predict(states)  # moved to the classifier's device there
         p = p.double().clamp(1e-6, 1 - 1e-6)
         gap = (torch.logit(p) - logit_tau).abs()
         out[i] = float((torch.exp(-gap) + std.double()).max())
@@ -95,10 +96,10 @@ def novelty(segments: Sequence[Segment], labelled: np.ndarray, scale: np.ndarray
     """
     if len(labelled) == 0:
         return np.full(len(segments), np.inf)
-    ref = torch.as_tensor(labelled / scale, dtype=torch.float32)
+    ref = torch.as_tensor(labelled / scale, dtype=torch.float32, device="cpu")
     out = np.empty(len(segments))
     for i, seg in enumerate(segments):
-        x = torch.as_tensor(seg.states / scale, dtype=torch.float32)
+        x = torch.as_tensor(seg.states / scale, dtype=torch.float32, device="cpu")
         out[i] = float(torch.cdist(x, ref).min(1).values.max())
     return out
 

@@ -4,6 +4,10 @@ Every component is built the same way: the typed settings of its config group
 (:mod:`mbrm.run.schema`, values checked) go to its constructor as plain keyword
 arguments, with the runtime values the task supplies (state and action sizes, input
 masks, action bounds). Nothing below this module reads a config.
+
+The run's ``device`` (:func:`mbrm.device.resolve_device`) is passed to every model
+and planner :func:`build_parts` builds; the builders default to the CPU, where
+readers of a finished run load its models (:mod:`mbrm.run.finished`).
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def run_settings(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 
 
 def run_signature(task: Any, settings: RunConfig) -> dict[str, Any]:
-    """What a checkpoint of this run must match: the task and the model sizes."""
+    """What a checkpoint of this run must match: the task and the model sizes (not the
+    device: checkpoints load on the CPU, so a run resumes on any device)."""
     wm = settings.world_model
     return {
         "task": task.name,
@@ -95,8 +100,9 @@ def constraint_spec(task: Any, settings: RunConfig) -> Any:
     )
 
 
-def build_reward_model(task: Any, settings: RunConfig) -> Any | None:
-    """The reward ensemble (Sec. 5.2), or None for the hidden reward (oracle mode)."""
+def build_reward_model(task: Any, settings: RunConfig, device: Any = "cpu") -> Any | None:
+    """The reward ensemble (Sec. 5.2) on ``device``, or None for the hidden reward (oracle
+    mode)."""
     from mbrm.reward_model import RewardEnsemble
 
     rm = dataclasses.asdict(settings.reward_model)
@@ -110,13 +116,14 @@ def build_reward_model(task: Any, settings: RunConfig) -> Any | None:
         input_mask=layout.input_mask,
         periodic_mask=layout.periodic_mask,
         derived=layout.derived,
+        device=device,
         **rm,
     )
 
 
-def build_classifier(task: Any, settings: RunConfig, spec: Any) -> Any | None:
-    """The side-constraint classifier (Sec. 5.7), or None when the hidden rule backs
-    the learned entries (oracle mode)."""
+def build_classifier(task: Any, settings: RunConfig, spec: Any, device: Any = "cpu") -> Any | None:
+    """The side-constraint classifier (Sec. 5.7) on ``device``, or None when the hidden
+    rule backs the learned entries (oracle mode)."""
     from constraints.classifier import ConstraintClassifier
 
     if settings.constraints.kind == "hidden_rule":
@@ -127,12 +134,13 @@ def build_classifier(task: Any, settings: RunConfig, spec: Any) -> Any | None:
         input_mask=spec.classifier_input_mask(),
         periodic_mask=task.layout.periodic_mask,
         derived=task.layout.derived,
+        device=device,
         **dataclasses.asdict(settings.classifier),
     )
 
 
-def build_world_model(task: Any, settings: RunConfig) -> Any:
-    """The PETS probabilistic ensemble."""
+def build_world_model(task: Any, settings: RunConfig, device: Any = "cpu") -> Any:
+    """The PETS probabilistic ensemble on ``device``."""
     from mbrm.world_model import WorldModel
 
     layout = task.layout
@@ -142,6 +150,7 @@ def build_world_model(task: Any, settings: RunConfig) -> Any:
         seed=settings.seed,
         input_mask=layout.input_mask,
         periodic_mask=layout.periodic_mask,
+        device=device,
         **dataclasses.asdict(settings.world_model),
     )
 
@@ -184,25 +193,28 @@ def check_run(settings: RunConfig) -> tuple[Any, Any, Any]:
 
 
 def build_parts(settings: RunConfig) -> Any:
-    """Every part of a run from its checked settings."""
+    """Every part of a run from its checked settings, its models and planner on the
+    run's device."""
     import torch
 
+    from mbrm.device import resolve_device
     from mbrm.parts import RunParts
     from planners import make_planner
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     task, spec, experiment = check_run(settings)
+    device = resolve_device(settings.device)
     planner_settings = settings.planner
     low, high = task.action_bounds
     return RunParts(
         task=task,
         seed=settings.seed,
-        world_model=build_world_model(task, settings),
-        planner=make_planner(planner_settings, low.tolist(), high.tolist()),
+        world_model=build_world_model(task, settings, device),
+        planner=make_planner(planner_settings, low.tolist(), high.tolist(), device),
         constraints=spec,
-        reward_model=build_reward_model(task, settings),
-        classifier=build_classifier(task, settings, spec),
+        reward_model=build_reward_model(task, settings, device),
+        classifier=build_classifier(task, settings, spec, device),
         hidden_rule=settings.constraints.kind == "hidden_rule",
         gatherer=build_gatherer(task, settings),
         settings=experiment,

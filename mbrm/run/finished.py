@@ -4,11 +4,17 @@
 scripts read runs through :class:`FinishedRun`. Each part is loaded on first use,
 so a reader that needs two state dicts loads two state dicts: no planner, no
 constraint set, no store connection it would have to close.
+
+Devices: checkpoints load onto the CPU and the models a reader asks for are built
+there, whatever device the run trained on. The whole loop (:meth:`FinishedRun.loop`,
+to evaluate or continue) runs on the run's ``device``, or on ``auto`` where this
+machine lacks it (a run trained on a GPU is evaluated on a CPU-only machine).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,25 +33,43 @@ from mbrm.run.compose import (
 from mbrm.run.schema import RunConfig
 from mbrm.rundir import CONFIG, FEEDBACK, REPLAY, SUMMARY, load_run_checkpoint
 
+log = logging.getLogger(__name__)
+
 
 class NotARunError(ValueError):
     """A directory that holds no mbrm run."""
 
 
 class FinishedRun:
-    """The run in ``run_dir``: its config, checkpoint, models, replay and labels."""
+    """The run in ``run_dir``: its config, checkpoint, models, replay and labels.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    device: where :meth:`loop` runs; None: the run's own device if this machine has it,
+            else ``auto``
+    """
+
+    def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         if not (self.run_dir / CONFIG).is_file():
             raise NotARunError(f"{self.run_dir} is not a run directory (no {CONFIG})")
+        self._device = device
 
     @cached_property
     def config(self) -> DictConfig:
-        """The run's saved config (``config.yaml``), progress bars off."""
+        """The run's saved config (``config.yaml``), progress bars off, on a device this
+        machine has (see the class docstring)."""
+        from mbrm.device import device_available
+
         cfg = OmegaConf.load(self.run_dir / CONFIG)
         assert isinstance(cfg, DictConfig)
         cfg.progress = False
+        saved = cfg.get("device", "auto")
+        if self._device is not None:
+            cfg.device = self._device
+        elif not device_available(saved):
+            log.warning(
+                "%s trained on device=%s, which this machine lacks: auto", self.run_dir, saved
+            )
+            cfg.device = "auto"
         return cfg
 
     @cached_property
@@ -71,20 +95,23 @@ class FinishedRun:
         return json.loads(path.read_text()) if path.exists() else None
 
     def reward_model(self) -> Any | None:
-        """The reward ensemble with its checkpointed weights (None: hidden reward)."""
+        """The reward ensemble with its checkpointed weights, on the CPU (None: hidden
+        reward)."""
         rm = build_reward_model(self.task, self.settings)
         if rm is not None and self.checkpoint["reward_model"]:
             rm.load_state_dict(self.checkpoint["reward_model"])
         return rm
 
     def classifier(self) -> Any | None:
-        """The classifier with its checkpointed weights and threshold (None: hidden rule)."""
+        """The classifier with its checkpointed weights and threshold, on the CPU (None:
+        hidden rule)."""
         clf = build_classifier(self.task, self.settings, constraint_spec(self.task, self.settings))
         if clf is not None and self.checkpoint["classifier"]:
             clf.load_state_dict(self.checkpoint["classifier"])
         return clf
 
     def world_model(self) -> Any:
+        """The world model with its checkpointed weights, on the CPU."""
         wm = build_world_model(self.task, self.settings)
         wm.load_state_dict(self.checkpoint["world_model"])
         return wm

@@ -284,6 +284,8 @@ class RunConfig:
     progress: bool = True
     # Torch CPU threads (0: torch's default).
     threads: int = 1
+    # Where models, buffers and planning run: auto (CUDA if torch sees one) | cpu | cuda | cuda:N.
+    device: str = "auto"
     qp_filter: QPFilterConfig = field(default_factory=QPFilterConfig)
     unacceptable_teacher: UnacceptableTeacherConfig = field(
         default_factory=UnacceptableTeacherConfig
@@ -292,6 +294,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         at_least("seed", self.seed, 0)
         at_least("threads", self.threads, 0)
+        from mbrm.device import resolve_device
+
+        try:  # the message names the key and the allowed values
+            resolve_device(self.device)
+        except ValueError as e:
+            raise ConfigValueError(str(e)) from None
 
 
 def register_schemas() -> None:
