@@ -67,7 +67,9 @@ class FinishedRun:
             cfg.device = self._device
         elif not device_available(saved):
             log.warning(
-                "%s trained on device=%s, which this machine lacks: auto", self.run_dir, saved
+                "%s ran on device=%s, which this machine lacks; using device=auto",
+                self.run_dir,
+                saved,
             )
             cfg.device = "auto"
         return cfg
