@@ -29,7 +29,7 @@ import torch
 from constraints.qp_filter import QPFilter
 from mbrm.device import to_host
 from mbrm.imagination import ModelImagination, as_tensor_state
-from planners.base import PlanResult
+from planners.base import PlanResult, imagine, score_candidates
 
 
 @dataclass
@@ -42,6 +42,7 @@ class ActInfo:
     used_safe_action: bool
     filter_status: str | None = None
     filter_changed: bool = False
+    replanned: bool = True  # False: the rest of an earlier plan, re-checked and followed
 
 
 @dataclass
@@ -57,10 +58,52 @@ class Agent:
     qp_filter: QPFilter | None = None
     safe_action: np.ndarray | None = None
     _previous: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _age: int = field(default=0, init=False, repr=False)  # steps since the planner ran
 
     def reset(self) -> None:
-        """Forget the warm start (call at the start of each episode)."""
+        """Forget the warm start and any plan being followed (call at each episode start)."""
         self._previous = None
+        self._age = 0
+
+    def _follow(self, state: torch.Tensor) -> PlanResult | None:
+        """The rest of the plan being followed, re-imagined from the real ``state``.
+
+        Plan reuse (``planner.replan_every`` = k): between planner calls the agent follows
+        its last plan open-loop, as receding-horizon control with a k-step execution
+        interval does, but every step the remaining actions (padded to the horizon by
+        repeating the last one) are imagined once more from the state actually reached
+        and checked like any candidate: the plan is followed only while it stays feasible
+        (Leike et al. 2018, Sec. 5.2: rejection, not penalty); otherwise the planner runs.
+        One sequence is imagined instead of a whole search.
+        """
+        settings = self.planner.settings
+        if self._previous is None or self._age >= settings.replan_every:
+            return None
+        rest = torch.cat([self._previous[1:], self._previous[-1:]])  # [H, A]
+        batch = imagine(self.imagination, state, rest[None])
+        scores = score_candidates(
+            batch, risk_aversion=settings.risk_aversion, reject_above=settings.reject_above
+        )
+        if not bool(scores.feasible[0]):
+            return None
+        return PlanResult(
+            action=rest[0].clone(),
+            plan=rest,
+            score=float(scores.score[0]),
+            risk=float(scores.risk[0]),
+            feasible=True,
+            no_safe_plan=False,
+            n_candidates=1,
+            n_rejected=0,
+            n_nan=0,
+            rejected_by={},
+            n_calls=1,
+            top_states=batch.states,
+            top_actions=rest[None],
+            top_scores=scores.score,
+            top_feasible=scores.feasible,
+            history=(),
+        )
 
     def act(self, state: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, ActInfo]:
         """Choose the action for ``state`` [S]; returns the action [A] and what happened
@@ -68,9 +111,13 @@ class Agent:
         t0 = time.perf_counter()
         s = as_tensor_state(state, self.planner.device)  # to the planner's device, once
         with torch.no_grad():
-            result = self.planner.plan(
-                s, self.imagination, generator=generator, previous_plan=self._previous
-            )
+            result = self._follow(s)
+            replanned = result is None
+            if result is None:
+                result = self.planner.plan(
+                    s, self.imagination, generator=generator, previous_plan=self._previous
+                )
+        self._age = 1 if replanned else self._age + 1
         self._previous = result.plan  # the next warm start, where the planner is
         result = to_host(result)  # and back, once
         action = result.action.double().numpy()
@@ -78,7 +125,7 @@ class Agent:
         if result.no_safe_plan and self.safe_action is not None:
             action = np.asarray(self.safe_action, dtype=np.float64)
             used_safe = True
-        info = ActInfo(result, 0.0, bool(result.no_safe_plan), used_safe)
+        info = ActInfo(result, 0.0, bool(result.no_safe_plan), used_safe, replanned=replanned)
         if self.qp_filter is not None:
             planned = torch.as_tensor(action, dtype=torch.float32, device="cpu")
             filtered = self.qp_filter(s, planned)

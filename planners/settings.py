@@ -37,10 +37,16 @@ class PlannerSettings:
     warm_start_fill: str = "repeat"
     # Best imagined trajectories returned for feedback queries.
     top_k: int = 4
+    # Plan every k environment steps; in between, the rest of the last plan is re-imagined
+    # from the real state (one sequence) and followed while it stays feasible (1 = MPC).
+    replan_every: int = 1
 
     def __post_init__(self) -> None:
         _choice(self, "kind", PLANNER_KINDS)
         _integer(self, "horizon", 1)
+        _integer(self, "replan_every", 1)
+        if self.replan_every > self.horizon:
+            raise _refuse("replan_every", f"an integer in [1, planner.horizon = {self.horizon}]", self.replan_every)
         _number(self, "risk_aversion")
         _number(self, "reject_above", low=0.0, high=1.0)
         _choice(self, "warm_start_fill", WARM_START_FILLS)
