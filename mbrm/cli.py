@@ -2,7 +2,8 @@
 
 mbrm train [key=value ...]      a training run (Hydra; -m for sweeps)
 mbrm train resume=RUN_DIR       continue an interrupted run with its own config
-                                (experiment.iterations=N extends it; progress, threads)
+                                (experiment.iterations=N extends it; progress, threads,
+                                experiment.eval_workers)
 mbrm eval RUN_DIR [--video [N]] evaluate a run's final agent again (and film it)
 mbrm report RUN_DIR             write RUN_DIR/report.md and report.html
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
@@ -28,7 +29,7 @@ RUN_LOG = "run.log"  # a run folder's log (configs/config.yaml: hydra.job_loggin
 log = logging.getLogger("mbrm")
 DEMO = ["experiment=demo", "world_model=small", "planner=cem_fast"]
 # What `resume=RUN` may change: the rest of the run is its saved config.
-RESUME_KEYS = ("resume", "progress", "threads", "experiment.iterations")
+RESUME_KEYS = ("resume", "progress", "threads", "experiment.iterations", "experiment.eval_workers")
 
 # Hydra flags followed by a value as a separate argument.
 _FLAGS_WITH_VALUE = {
@@ -269,6 +270,10 @@ def _print_summary(
         f"  labels                 {json.dumps(summary['labels'])}  by source {json.dumps(summary['labels_by_source'])}"
     )
     print(f"  planning               {summary['plan_seconds_per_step'] * 1000:.0f} ms per step")
+    if "wall_seconds" in summary:  # absent in summaries written before it was recorded
+        print(
+            f"  wall time              {_duration(summary['wall_seconds'])}   (the training job, all its sessions)"
+        )
     print(f"  outputs                {run_dir}")
     if report is not None:
         print(f"  report                 {report}")
@@ -278,6 +283,16 @@ def _print_summary(
         videos = list_videos(run_dir)
     for video in videos:
         print(f"  video                  {video}")
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as people read a job's duration: 42 s, 7 min 05 s, 2 h 03 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _video_request(rest: list[str]) -> tuple[list[str], int | None]:

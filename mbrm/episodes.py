@@ -8,6 +8,7 @@ or evaluates it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,13 +103,15 @@ def run_episode(
     recorder: Recorder | None = None,
     reward_model: Any | None = None,
     capture: Capture | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """One episode of at most ``length`` steps from ``task.make_env(seed)``.
 
     Returns the true return and unacceptable steps (hidden task functions, evaluation
     only), the no-safe-plan and rejection counts, the median planning seconds and, when
     a fitted ``reward_model`` is given, the return it predicts for the episode. A
-    ``capture`` receives the real states and the plans chosen every ``plan_every`` steps.
+    ``capture`` receives the real states and the plans chosen every ``plan_every`` steps;
+    ``on_step`` (a progress bar's) is called after every environment step.
     """
     env = task.make_env(seed)
     s, _ = env.reset(seed=seed)
@@ -148,6 +151,8 @@ def run_episode(
         states.append(s2)
         actions.append(a)
         s = s2
+        if on_step is not None:
+            on_step()
         if terminated or truncated:
             break
     env.close()

@@ -10,15 +10,16 @@ agent, which plans in the same world model with the hidden reward and rule.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mbrm.episodes import Capture, run_episode
+from mbrm.agent import Agent
+from mbrm.episodes import Capture, RandomExplorer, run_episode
 from mbrm.feedback.teachers import PreferenceTeacher
+from mbrm.parts import RunParts
 from mbrm.replay import ReplayBuffer
 from mbrm.reward_model import preference_accuracy, reward_spearman
 from mbrm.tasks import Task
@@ -73,57 +74,71 @@ def evaluation_seeds(seed: int, episodes: int) -> list[int]:
     return [10_000_000 + seed * 1000 + i for i in range(episodes)]
 
 
-@dataclass
-class FinalEpisodes:
-    """The episodes of the final comparison: ``self(policy, seed)`` runs one (for ``compare``).
+# The policies of the final comparison, in the order their rows are reported. An episode's
+# generators are derived from its policy's index here, so the order is part of the seeding.
+POLICIES = ("learned", "random", "reference")
 
-    agent:     makes the planning agent (``reference=True``: the reference agent), once each
-    explorer:  makes the random policy of one episode
-    filmed:    seeds whose learned-agent episode is captured, in ``captures`` by seed
+
+def episode_generators(
+    seed: int, policy: str, episode_seed: int
+) -> tuple[torch.Generator, np.random.Generator]:
+    """An evaluation episode's own generators (torch: planning and particles; numpy: the
+    random policy), derived from the run's ``seed``, the ``policy`` and the environment's
+    ``episode_seed`` alone: an episode's result does not depend on which episodes ran
+    before it, or in which process."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown evaluation policy {policy!r}; expected one of {POLICIES}")
+    key = [seed, POLICIES.index(policy), episode_seed]
+    torch_seq, numpy_seq = np.random.SeedSequence(key).spawn(2)
+    generator = torch.Generator().manual_seed(int(torch_seq.generate_state(1, np.uint64)[0]))
+    return generator, np.random.default_rng(numpy_seq)
+
+
+@dataclass(frozen=True)
+class FinalEpisodes:
+    """The episodes of the final comparison: ``self(policy, seed)`` runs one, on generators
+    of its own (:func:`episode_generators`), so episodes may run in any order and process.
+
+    parts:             the run's parts, models as trained
+    classifier_ready:  the learned constraint entry is in the agent's set
+    filmed:            seeds whose learned-agent episode is captured for videos
     """
 
-    task: Task
-    length: int
-    generator: torch.Generator
-    agent: Callable[..., Any]
-    explorer: Callable[[], Any]
-    reward_model: Any | None
-    filmed: list[int] = field(default_factory=list)
-    captures: dict[int, Capture] = field(init=False)
-    _agents: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    parts: RunParts
+    classifier_ready: bool
+    filmed: frozenset[int] = frozenset()
 
-    def __post_init__(self) -> None:
-        self.captures = {k: Capture(plan_interval(self.length)) for k in self.filmed}
-
-    def __call__(self, policy: str, seed: int) -> dict[str, Any]:
-        learned = policy == "learned"
+    def __call__(
+        self, policy: str, seed: int, on_step: Callable[[], None] | None = None
+    ) -> tuple[dict[str, Any], Capture | None]:
+        """The episode's figures (:func:`mbrm.episodes.run_episode`) and, for a filmed
+        learned-agent episode, its capture; ``on_step`` is called after every step."""
+        parts = self.parts
+        generator, rng = episode_generators(parts.seed, policy, seed)
+        actor: Agent | RandomExplorer
         if policy == "random":
-            actor = self.explorer()
-        else:
-            if policy not in self._agents:
-                self._agents[policy] = self.agent(reference=policy == "reference")
-            actor = self._agents[policy]
-        return run_episode(
-            self.task,
+            actor = RandomExplorer(parts.task, parts.constraint_set(self.classifier_ready), rng)
+        else:  # learned or reference (episode_generators refuses any other name)
+            reference = policy == "reference"
+            cset = (
+                parts.reference_constraint_set()
+                if reference
+                else parts.constraint_set(self.classifier_ready)
+            )
+            actor = parts.agent(cset, generator, reference=reference)
+        filmed = policy == "learned" and seed in self.filmed
+        capture = Capture(plan_interval(parts.episode_length)) if filmed else None
+        out = run_episode(
+            parts.task,
             actor,
             seed=seed,
-            length=self.length,
-            generator=self.generator,
-            reward_model=None if policy == "reference" else self.reward_model,
-            capture=self.captures.get(seed) if learned else None,
+            length=parts.episode_length,
+            generator=generator,
+            reward_model=None if policy == "reference" else parts.reward_model,
+            capture=capture,
+            on_step=on_step,
         )
-
-
-def compare(
-    episode: Callable[[str, int], dict[str, Any]], seeds: list[int], progress: bool
-) -> dict[str, list[dict[str, Any]]]:
-    """Run ``episode(policy, seed)`` for the learned agent, a random policy and the
-    reference agent (hidden reward and rule), on the same environment seeds."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for policy, desc in (("learned", "evaluate"), ("random", None), ("reference", "oracle")):
-        it = seeds if desc is None else tqdm(seeds, desc=desc, disable=not progress)
-        out[policy] = [episode(policy, k) for k in it]
-    return out
+        return out, capture
 
 
 def normalised_score(R: float, R_rand: float, R_ref: float) -> tuple[float, str | None]:

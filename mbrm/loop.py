@@ -27,21 +27,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from constraints.sets import ConstraintSet
 from mbrm.agent import Agent
 from mbrm.calibration import calibration_split, fit_and_calibrate
 from mbrm.episodes import RandomExplorer, Recorder, run_episode
-from mbrm.evaluation import FinalEpisodes, compare, evaluation_seeds, model_metrics, summarise
+from mbrm.evaluation import model_metrics, summarise
 from mbrm.feedback.store import FeedbackStore
 from mbrm.imagination import ModelImagination
 from mbrm.parts import RunParts
+from mbrm.progress import JobClock, StepProgress, job_progress
 from mbrm.replay import ReplayBuffer
 from mbrm.rundir import (
     FEEDBACK,
     REPLAY,
+    SUMMARY,
     MetricsLog,
     load_run_checkpoint,
     save_run_checkpoint,
@@ -50,6 +51,7 @@ from mbrm.rundir import (
 from mbrm.solicit import RoundReport, solicit_round
 from mbrm.synthesis import synthesise_round
 from mbrm.video import film
+from mbrm.workers import run_evaluation
 
 Transitions = tuple[np.ndarray, np.ndarray, np.ndarray]  # s [N, S], a [N, A], s' [N, S]
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Loop:
     """One training run in ``run_dir``; :meth:`resume` continues from its checkpoint."""
 
     def __init__(self, parts: RunParts, run_dir: str | Path) -> None:
+        self.clock = JobClock()  # the job's wall time, over its sessions
         self.parts = parts
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +85,7 @@ class Loop:
         self.episodes = 0
         self.metrics = MetricsLog(self.run_dir)
         self.imagined: list = []  # segments from planning, consumed by each round
+        self._bar: StepProgress | None = None  # the bar of a running :meth:`run`
         self.constraint_set = self._constraint_set()
 
     # ------------------------------------------------------------------ the parts in use
@@ -97,16 +101,14 @@ class Loop:
         cset = self.parts.reference_constraint_set() if reference else self.constraint_set
         return self.parts.agent(cset, self.torch_gen, reference=reference)
 
-    def _episode(self, policy: Agent | None, *, seed: int, record: bool, reward_model: Any):
-        recorder = None
-        if record:
-            recorder = Recorder(
-                self.replay,
-                self.episodes,
-                self.imagined,
-                self.settings.imagined_every,
-                self.settings.solicit.segment_length,
-            )
+    def _episode(self, policy: Agent | None, *, seed: int, progress: StepProgress):
+        recorder = Recorder(
+            self.replay,
+            self.episodes,
+            self.imagined,
+            self.settings.imagined_every,
+            self.settings.solicit.segment_length,
+        )
         out = run_episode(
             self.task,
             policy
@@ -116,24 +118,20 @@ class Loop:
             length=self.length,
             generator=self.torch_gen,
             recorder=recorder,
-            reward_model=reward_model,
+            reward_model=self.reward_model,
+            on_step=progress.step,
         )
-        if record:
-            self.episodes += 1
+        progress.episode_ended(out["steps"], self.length)
+        self.episodes += 1
         return out
 
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict[str, Any]:
-        """Iterate the schedule to its end, then evaluate (Sec. 3.1, 5.6-5.7)."""
+        """Iterate the schedule to its end, then evaluate (Sec. 3.1, 5.6-5.7); one bar
+        over every environment step of both (a resumed run's starts at the steps done)."""
         s = self.settings
         total = s.explore_episodes + s.iterations
-        bar = tqdm(
-            total=total,
-            initial=self.iteration,
-            desc=f"{self.task.name} seed {self.seed}",
-            disable=not self.parts.progress,
-        )
         log.info(
             "%s seed %d: %d exploration + %d acting episodes of %d steps, from iteration %d",
             self.task.name,
@@ -143,12 +141,21 @@ class Loop:
             self.length,
             self.iteration,
         )
-        with logging_redirect_tqdm():
-            self._iterate(bar, total)
-        bar.close()
-        return self.final_evaluation()
+        self._bar = job_progress(
+            s, self.iteration, self.length, len(self.replay), self._desc(), self.parts.progress
+        )
+        try:
+            with logging_redirect_tqdm():
+                self._iterate(self._bar, total)
+                return self.final_evaluation()
+        finally:
+            self._bar.close()
+            self._bar = None
 
-    def _iterate(self, bar: Any, total: int) -> None:
+    def _desc(self, doing: str = "") -> str:
+        return f"{self.task.name} seed {self.seed}{doing}"
+
+    def _iterate(self, bar: StepProgress, total: int) -> None:
         s = self.settings
         while self.iteration < total:
             t0 = time.perf_counter()
@@ -157,8 +164,7 @@ class Loop:
             ep = self._episode(
                 None if exploring else self.agent(),
                 seed=self.seed * 100_003 + self.iteration,
-                record=True,
-                reward_model=self.reward_model,
+                progress=bar,
             )
             data = self.replay.arrays()  # one copy a round, read by every step below
             fit: dict[str, Any] = {"act_seconds": time.perf_counter() - t0}
@@ -192,10 +198,9 @@ class Loop:
                 row["labels"],
                 row["seconds"],
             )
-            bar.set_postfix(
-                R=f"{ep['true_return']:.1f}", unacc=ep["unacceptable_steps"], labels=self._labels()
+            bar.show(
+                R=f"{ep['true_return']:.1f}", unacc=ep["unacceptable_steps"], labels=row["labels"]
             )
-            bar.update(1)
 
     def fit_world_model(self, data: Transitions) -> dict[str, Any]:
         """Refit the world model on every real transition (warm start)."""
@@ -320,20 +325,16 @@ class Loop:
 
     def final_evaluation(self, video_episodes: int | None = None) -> dict[str, Any]:
         """Evaluation episodes of the final agent, a random policy and the reference agent
-        (hidden reward and rule, same world model), on the same environment seeds; the learned
-        agent's first ``video_episodes`` (default: ``experiment.video_episodes``) are filmed."""
-        seeds = evaluation_seeds(self.seed, self.settings.eval_episodes)
-        filmed = self.settings.video_episodes if video_episodes is None else video_episodes
-        episodes = FinalEpisodes(
-            self.task,
-            self.length,
-            self.torch_gen,
-            self.agent,
-            lambda: RandomExplorer(self.task, self.constraint_set, self.rng),
-            self.reward_model,
-            filmed=seeds[:filmed],
-        )
-        rows = compare(episodes, seeds, self.parts.progress)
+        (hidden reward and rule, same world model), on the same environment seeds, in
+        ``experiment.eval_workers`` processes; the learned agent's first ``video_episodes``
+        (default: ``experiment.video_episodes``) are filmed. Called alone (``mbrm eval``),
+        on a bar of its own, it keeps the job's ``wall_seconds`` (:class:`JobClock`)."""
+        job = self._bar is not None
+        s = self.settings
+        with self._bar or job_progress(s, None, self.length, 0, "", self.parts.progress) as bar:
+            bar.describe(self._desc(" evaluate"))
+            filmed = s.video_episodes if video_episodes is None else video_episodes
+            rows, captures = run_evaluation(self.parts, self.classifier_ready, filmed, bar)
         summary = {
             "task": self.task.name,
             "seed": self.seed,
@@ -341,9 +342,10 @@ class Loop:
             "labels": self.store.label_counts("kind"),
             "labels_by_source": self.store.label_counts("source"),
             **summarise(rows, self.metrics.rows),
+            **self.clock.summary_figure(self.run_dir / SUMMARY, running=job),
         }
         write_summary(self.run_dir, summary)
-        film(self.task, episodes.captures, self.run_dir, strict=video_episodes is not None)
+        film(self.task, captures, self.run_dir, strict=video_episodes is not None)
         return summary
 
     # ------------------------------------------------------------------ persistence
@@ -361,6 +363,7 @@ class Loop:
                 "iteration": self.iteration,
                 "episodes": self.episodes,
                 "metrics": self.metrics.to_json(),
+                "wall_seconds": self.clock.seconds(),
             },
             "rng": {
                 "teachers": json.dumps(self.parts.gatherer.rng_states()),
@@ -382,6 +385,7 @@ class Loop:
         self.iteration = int(ckpt["loop"]["iteration"])
         self.episodes = int(ckpt["loop"]["episodes"])
         self.classifier_ready = bool(ckpt["loop"]["classifier_ready"])
+        self.clock.earlier = float(ckpt["loop"].get("wall_seconds", 0.0))  # older: none
         self.metrics = MetricsLog(self.run_dir, json.loads(ckpt["loop"]["metrics"]))
         self.torch_gen.set_state(ckpt["rng"]["torch"])
         self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])

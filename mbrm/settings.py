@@ -49,6 +49,9 @@ class LoopSettings:
     explore_episodes: int = 4  # random-action episodes first
     eval_episodes: int = 5  # evaluation episodes at the end
     video_episodes: int = 1  # of those, the learned agent's first N are filmed (RUN/videos/)
+    # processes running the evaluation episodes, the run's own included; figures as with 1
+    # (0: one per core; 1: the run's process alone)
+    eval_workers: int = 1
     particles: int = 10  # trajectory-sampling particles per candidate
     propagation: str = "ts1"  # ts1 | tsinf | expectation (PETS Sec. 5)
     dtype: str = "float32"  # inference dtype while planning: float32 | bfloat16
@@ -73,6 +76,7 @@ class LoopSettings:
         _integer("iterations", self.iterations, 0)
         _integer("explore_episodes", self.explore_episodes, 1)
         _integer("eval_episodes", self.eval_episodes, 1)
+        _integer("eval_workers", self.eval_workers, 0)
         _integer("video_episodes", self.video_episodes, 0)
         if self.video_episodes > self.eval_episodes:
             raise ValueError(

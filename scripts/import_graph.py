@@ -47,6 +47,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mbrm.parts",
             "mbrm.settings",
             "mbrm.video",
+            "mbrm.workers",
+            "mbrm.progress",
         ),
     ),
     (
