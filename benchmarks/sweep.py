@@ -161,7 +161,9 @@ class RunRecord:
 
 
 # Keys that say how a run was started, not what it computes.
-_RUN_ONLY_KEYS = ("progress", "resume")
+_RUN_ONLY_KEYS = ("progress", "resume", "device")
+# Keys inside a group that change how a run is carried out, never its figures.
+_RUN_ONLY_GROUP_KEYS = (("experiment", "eval_workers"),)
 
 
 def config_changes(composed: Any, saved_path: Path) -> list[str]:
@@ -176,6 +178,9 @@ def config_changes(composed: Any, saved_path: Path) -> list[str]:
     for key in _RUN_ONLY_KEYS:
         a.pop(key, None)
         b.pop(key, None)
+    for group, key in _RUN_ONLY_GROUP_KEYS:
+        a.get(group, {}).pop(key, None)
+        b.get(group, {}).pop(key, None)
     out: list[str] = []
 
     def walk(x: Any, y: Any, prefix: str) -> None:

@@ -46,7 +46,11 @@ class PlannerSettings:
         _integer(self, "horizon", 1)
         _integer(self, "replan_every", 1)
         if self.replan_every > self.horizon:
-            raise _refuse("replan_every", f"an integer in [1, planner.horizon = {self.horizon}]", self.replan_every)
+            raise _refuse(
+                "replan_every",
+                f"an integer in [1, planner.horizon = {self.horizon}]",
+                self.replan_every,
+            )
         _number(self, "risk_aversion")
         _number(self, "reject_above", low=0.0, high=1.0)
         _choice(self, "warm_start_fill", WARM_START_FILLS)

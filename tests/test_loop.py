@@ -296,7 +296,7 @@ def test_demo_takes_hydra_flags_after_its_own_overrides(capsys):
 
     main(["demo", "seed=3", "--cfg", "job"])
     out = capsys.readouterr().out
-    assert "seed: 3" in out and "population: 100" in out  # planner=cem_fast from the demo
+    assert "seed: 3" in out and "population: 48" in out  # planner=cem_fast from the demo
 
 
 def test_oracle_baseline_rejects_the_hidden_rule_without_a_learned_entry(tmp_path):

@@ -21,7 +21,7 @@ class LineWorld:
         self.calls: list[int] = []  # candidates per imagination call
 
     def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
-        n, h, _ = actions.shape
+        n = actions.shape[0]
         self.calls.append(n)
         steps = torch.cumsum(actions[..., 0], dim=1) + state[0]  # [n, h]
         states = torch.cat([state[0].expand(n, 1), steps], dim=1)[:, None, :, None]
