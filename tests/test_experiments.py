@@ -174,3 +174,41 @@ def test_acting_unacceptable_steps_count_the_planners_episodes_only():
     rec = sw.RunRecord(sw.Variant("t/a", ()), 0, Path("/runs/t/a/seed_0"), {}, metrics)
     assert rec.acting_unacceptable_steps() == 5
     assert math.isnan(rec.column("unacceptable_steps")[-1])
+
+
+def test_planner_efficiency_counts_what_each_arm_imagines(tmp_path):
+    """The efficiency curve's x axis is counted, not assumed: planning every step imagines
+    exactly one planner call a step; plan reuse imagines less, and never less than a
+    call shared by k steps plus its one-sequence re-checks."""
+    arms = "cem_100x3,cem_48x3_k2"
+    args = ("--smoke", "--seeds", "0", "--jobs", "1", "--root", str(tmp_path), "--arms", arms)
+    done = run_script("planner_efficiency.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((tmp_path / "docs" / "planner_efficiency.json").read_text())
+    recs = {r["arm"]: r for r in out["records"]}
+    assert set(recs) == {"cem_100x3", "cem_48x3_k2"} and out["command"].startswith("python ")
+    base, reuse = recs["cem_100x3"], recs["cem_48x3_k2"]
+    assert base["replan_every"] == 1 and reuse["replan_every"] == 2
+    assert base["transitions_per_step"] == base["transitions_per_planner_call"]
+    per_sequence = reuse["transitions_per_planner_call"] / reuse["sequences_per_call"]
+    floor = (reuse["transitions_per_planner_call"] + per_sequence) / 2
+    assert floor - 1e-9 <= reuse["transitions_per_step"] < reuse["transitions_per_planner_call"]
+    assert base["score"] == pytest.approx(
+        (base["eval_return"] - base["random_return"])
+        / (base["oracle_return"] - base["random_return"])
+    )
+    assert (tmp_path / "docs" / "planner_efficiency.png").stat().st_size > 0
+
+
+def test_run_only_keys_do_not_make_a_run_stale(tmp_path):
+    sweep = sw.Sweep(root=tmp_path, seeds=(0,), smoke=True)
+    v = sw.Variant("reacher_keepout/demo", ("task=reacher_keepout",))
+    saved = sweep.compose(v, 0)
+    saved.device = "cpu"
+    saved.experiment.eval_workers = 2
+    path = tmp_path / "config.yaml"
+    OmegaConf.save(saved, path)
+    assert sw.config_changes(sweep.compose(v, 0), path) == []
+    saved.experiment.particles = 3
+    OmegaConf.save(saved, path)
+    assert sw.config_changes(sweep.compose(v, 0), path) == ["experiment.particles"]
