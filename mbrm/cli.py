@@ -3,7 +3,7 @@
 mbrm train [key=value ...]      a training run (Hydra; -m for sweeps)
 mbrm train resume=RUN_DIR       continue an interrupted run with its own config
                                 (experiment.iterations=N extends it; progress, threads,
-                                experiment.eval_workers)
+                                device, experiment.eval_workers)
 mbrm eval RUN_DIR [--video [N]] evaluate a run's final agent again (and film it)
 mbrm report RUN_DIR             write RUN_DIR/report.md and report.html
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
@@ -29,7 +29,14 @@ RUN_LOG = "run.log"  # a run folder's log (configs/config.yaml: hydra.job_loggin
 log = logging.getLogger("mbrm")
 DEMO = ["experiment=demo", "world_model=small", "planner=cem_fast"]
 # What `resume=RUN` may change: the rest of the run is its saved config.
-RESUME_KEYS = ("resume", "progress", "threads", "experiment.iterations", "experiment.eval_workers")
+RESUME_KEYS = (
+    "resume",
+    "progress",
+    "threads",
+    "device",
+    "experiment.iterations",
+    "experiment.eval_workers",
+)
 
 # Hydra flags followed by a value as a separate argument.
 _FLAGS_WITH_VALUE = {

@@ -34,7 +34,7 @@ class RandomExplorer:
     def __call__(self) -> np.ndarray:
         for _ in range(1000):
             a = self.rng.uniform(self.low, self.high)
-            act = torch.as_tensor(a[None, None])  # [1, 1, A]: one step
+            act = torch.as_tensor(a[None, None], device="cpu")  # [1, 1, A]: one step
             if all(float(e.evaluate(None, act).max()) <= 0.5 for e in self.entries):
                 return a
         raise RuntimeError(
@@ -169,9 +169,9 @@ def run_episode(
     }
     if reward_model is not None and reward_model.fitted:
         mean, _ = reward_model.predict(
-            torch.as_tensor(S[:-1], dtype=torch.float32),
-            torch.as_tensor(A, dtype=torch.float32),
-            torch.as_tensor(S[1:], dtype=torch.float32),
+            torch.as_tensor(S[:-1], dtype=torch.float32, device="cpu"),
+            torch.as_tensor(A, dtype=torch.float32, device="cpu"),
+            torch.as_tensor(S[1:], dtype=torch.float32, device="cpu"),
         )
         out["predicted_return"] = float(mean.sum())
     return out

@@ -32,9 +32,9 @@ from tests.test_loop import PLANNER, run, tiny_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = tuple(str(ROOT / p) + "/" for p in ("mbrm", "planners", "constraints"))
-# Modules on the MuJoCo side whose few CPU tensors still rely on the default device;
-# their sites are recorded (and listed in a failure) but created where they ask.
-ELSEWHERE = ("mbrm/episodes.py",)
+# Modules whose tensors may rely on the default device (none: the MuJoCo side names the
+# CPU); their sites would be recorded but created where they ask.
+ELSEWHERE: tuple[str, ...] = ()
 CONSTRUCTORS = _device_constructors()
 SYNCS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"}
 
