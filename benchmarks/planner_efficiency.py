@@ -345,6 +345,7 @@ def figure(records: list[dict[str, Any]]):
 def main() -> None:
     p = sw.parser(__doc__, TASKS)
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    p.add_argument("--stem", default=STEM, help=f"output file names in docs/ (default {STEM})")
     args = p.parse_args()
     started = time.monotonic()
     sweep = sw.make_sweep(args)
@@ -364,10 +365,11 @@ def main() -> None:
         futures = [pool.submit(records_for, sweep, t, seed, d, arms) for t, seed, d in jobs]
         records = [rec for f in futures for rec in f.result()]
     out = sw.output_dir(sweep.root, sweep.smoke)
-    command = "python benchmarks/planner_efficiency.py " + " ".join(
-        f"--{k}={v}" for k, v in (("tasks", args.tasks), ("seeds", args.seeds), ("arms", args.arms))
-    )
-    (out / f"{STEM}.json").write_text(
+    named = [("tasks", args.tasks), ("seeds", args.seeds), ("arms", args.arms)]
+    if args.stem != STEM:
+        named.append(("stem", args.stem))
+    command = "python benchmarks/planner_efficiency.py " + " ".join(f"--{k}={v}" for k, v in named)
+    (out / f"{args.stem}.json").write_text(
         json.dumps(
             {"git_revision": git_revision(), "command": command, "records": records}, indent=1
         )
@@ -375,13 +377,13 @@ def main() -> None:
     )
     sw.publish(
         out,
-        STEM,
+        args.stem,
         title="Planning efficiency: return against imagined transitions per step",
         intro=(
             "Each task's finished runs (reacher_keepout: the demo; half_cheetah_safe: oracle mode)"
             " evaluated with their final models fixed and each planner arm; mean ± sd over seeds "
             f"{list(sweep.seeds)}. Score against the reference agent of the base planner "
-            f"({ARMS[BASE_ARM].label}). Machine-readable: {STEM}.json."
+            f"({ARMS[BASE_ARM].label}). Machine-readable: {args.stem}.json."
         ),
         budget=sw.budget_text(sweep, tasks),
         table=table(records),
