@@ -29,14 +29,8 @@ RUN_LOG = "run.log"  # a run folder's log (configs/config.yaml: hydra.job_loggin
 log = logging.getLogger("mbrm")
 DEMO = ["experiment=demo", "world_model=small", "planner=cem_fast"]
 # What `resume=RUN` may change: the rest of the run is its saved config.
-RESUME_KEYS = (
-    "resume",
-    "progress",
-    "threads",
-    "device",
-    "experiment.iterations",
-    "experiment.eval_workers",
-)
+RESUME_KEYS = ("resume", "progress", "threads", "device")
+RESUME_KEYS += ("experiment.iterations", "experiment.eval_workers")
 
 # Hydra flags followed by a value as a separate argument.
 _FLAGS_WITH_VALUE = {
