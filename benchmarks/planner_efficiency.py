@@ -312,6 +312,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def figure(records: list[dict[str, Any]]):
+    """Score against the base planner's reference, against transitions per step (log)."""
     tasks = list(dict.fromkeys(r["task"] for r in records))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -320,8 +321,8 @@ def figure(records: list[dict[str, Any]]):
             arms = list(dict.fromkeys(r["arm"] for r in rs if r["family"] == fam))
             xs, ms, lo, hi = [], [], [], []
             for a in arms:
-                v = [r["eval_return"] for r in rs if r["arm"] == a]
-                xs.append(next(r["transitions_per_step"] for r in rs if r["arm"] == a))
+                v = [r["score"] for r in rs if r["arm"] == a]
+                xs.append(float(np.mean([r["transitions_per_step"] for r in rs if r["arm"] == a])))
                 ms.append(np.mean(v))
                 lo.append(np.min(v))
                 hi.append(np.max(v))
@@ -329,23 +330,60 @@ def figure(records: list[dict[str, Any]]):
             x, m = np.array(xs)[order], np.array(ms)[order]
             ax.plot(x, m, "o-", color=f"C{i}", label=fam)
             ax.fill_between(x, np.array(lo)[order], np.array(hi)[order], color=f"C{i}", alpha=0.15)
-        ref = np.mean([r["base_oracle_return"] for r in rs if r["arm"] == BASE_ARM])
-        rnd = np.mean([r["random_return"] for r in rs if r["arm"] == BASE_ARM])
-        ax.axhline(ref, color="k", ls="--", lw=1, label="reference, base planner")
-        ax.axhline(rnd, color="grey", ls=":", lw=1, label="random policy")
+            unsafe = [
+                a for a in arms if any(r["eval_unacceptable_steps"] for r in rs if r["arm"] == a)
+            ]
+            for a in unsafe:
+                j = arms.index(a)
+                ax.plot(xs[j], ms[j], "x", color="red", ms=12, mew=2)
+        ax.axhline(1.0, color="k", ls="--", lw=1, label=f"reference agent, {ARMS[BASE_ARM].label}")
+        ax.plot([], [], "x", color="red", ms=8, mew=2, label="unacceptable steps in evaluation")
         ax.set_xscale("log")
-        ax.set_xlabel("imagined transitions per environment step")
-        ax.set_ylabel("evaluation return (mean, band: min-max over seeds)")
-        ax.set_title(f"{task}: return against planning compute")
+        ax.set_xlabel("imagined transitions per environment step (counted)")
+        ax.set_ylabel("score (mean; band: min-max over seeds)")
+        ax.set_title(f"{task}: score against planning compute")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def publish(
+    out: Path,
+    stem: str,
+    records: list[dict[str, Any]],
+    command: str,
+    sweep: sw.Sweep,
+    tasks: list[str],
+    started: float,
+    wall_note: str = "finished runs found under the root are reused",
+) -> None:
+    seeds = sorted({r["seed"] for r in records})
+    sw.publish(
+        out,
+        stem,
+        title="Planning efficiency: score against imagined transitions per step",
+        intro=(
+            "Each task's finished runs (reacher_keepout: the demo; half_cheetah_safe: oracle mode)"
+            " evaluated with their final models fixed and each planner arm; mean ± sd over seeds "
+            f"{seeds}. Score against the reference agent of the base planner "
+            f"({ARMS[BASE_ARM].label}). Machine-readable: {stem}.json."
+        ),
+        budget=sw.budget_text(sweep, tasks),
+        table=table(records),
+        commands=[command],
+        figure=figure(records),
+        started=started,
+        wall_note=wall_note,
+    )
 
 
 def main() -> None:
     p = sw.parser(__doc__, TASKS)
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
     p.add_argument("--stem", default=STEM, help=f"output file names in docs/ (default {STEM})")
+    p.add_argument(
+        "--replot", action="store_true", help="redraw the table and plot from docs/<stem>.json"
+    )
     args = p.parse_args()
     started = time.monotonic()
     sweep = sw.make_sweep(args)
@@ -354,6 +392,14 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    out = sw.output_dir(sweep.root, sweep.smoke)
+    if args.replot:
+        saved = json.loads((out / f"{args.stem}.json").read_text())
+        recs = saved["records"]
+        ran = list(dict.fromkeys(r["task"] for r in recs))
+        note = f"redrawn from {args.stem}.json, git revision {saved['git_revision']}"
+        publish(out, args.stem, recs, saved["command"], sweep, ran, started, wall_note=note)
+        return
     jobs = [
         (task, r.seed, r.run_dir)
         for task in tasks
@@ -364,7 +410,6 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = [pool.submit(records_for, sweep, t, seed, d, arms) for t, seed, d in jobs]
         records = [rec for f in futures for rec in f.result()]
-    out = sw.output_dir(sweep.root, sweep.smoke)
     named = [("tasks", args.tasks), ("seeds", args.seeds), ("arms", args.arms)]
     if args.stem != STEM:
         named.append(("stem", args.stem))
@@ -375,22 +420,7 @@ def main() -> None:
         )
         + "\n"
     )
-    sw.publish(
-        out,
-        args.stem,
-        title="Planning efficiency: return against imagined transitions per step",
-        intro=(
-            "Each task's finished runs (reacher_keepout: the demo; half_cheetah_safe: oracle mode)"
-            " evaluated with their final models fixed and each planner arm; mean ± sd over seeds "
-            f"{list(sweep.seeds)}. Score against the reference agent of the base planner "
-            f"({ARMS[BASE_ARM].label}). Machine-readable: {args.stem}.json."
-        ),
-        budget=sw.budget_text(sweep, tasks),
-        table=table(records),
-        commands=[command],
-        figure=figure(records),
-        started=started,
-    )
+    publish(out, args.stem, records, command, sweep, tasks, started)
 
 
 if __name__ == "__main__":
