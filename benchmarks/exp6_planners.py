@@ -33,12 +33,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
-import torch
-from omegaconf import OmegaConf
-
-from mbrm.tasks import get_task
-from planners import PLANNERS as PLANNER_KINDS
-from planners import ImaginedBatch, make_planner
 
 TASKS = ("reacher_keepout",)
 STEM = "exp6_planners"
@@ -75,22 +69,8 @@ def planning_budget(sweep: sw.Sweep, variant: sw.Variant) -> dict[str, int]:
             f"{variant.name}: planner={name} composed to planner.kind={cfg.planner.kind}, "
             f"expected {PLANNERS[name]}: the demo's planner override was not replaced"
         )
-    task = get_task(cfg.task.name)
-    low, high = task.action_bounds
-    settings_type, _ = PLANNER_KINDS[cfg.planner.kind]
-    settings = settings_type(**OmegaConf.to_container(cfg.planner, resolve=True))
-    planner = make_planner(settings, low.tolist(), high.tolist())
+    result = sw.count_planning_step(cfg)
     horizon = int(cfg.planner.horizon)
-
-    def imagine(state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
-        n = actions.shape[0]  # [n, H, A]
-        reward = -(actions**2).sum(-1)[:, None]  # [n, 1, H]: any objective with an optimum
-        states = state.expand(n, 1, horizon + 1, state.shape[-1])
-        return ImaginedBatch(states, reward, torch.zeros_like(reward), torch.zeros_like(reward))
-
-    result = planner.plan(
-        torch.zeros(task.state_dim), imagine, generator=torch.Generator().manual_seed(0)
-    )
     return {"sequences": result.n_candidates, "calls": result.n_calls, "horizon": horizon}
 
 

@@ -55,9 +55,6 @@ import torch
 from omegaconf import OmegaConf
 
 from mbrm.run import build_loop, compose_config
-from mbrm.tasks import get_task
-from planners import PLANNERS as PLANNER_KINDS
-from planners import ImaginedBatch, make_planner
 
 STEM = "planner_efficiency"
 TASKS = ("reacher_keepout", "half_cheetah_safe")
@@ -147,22 +144,8 @@ def arm_config(sweep: sw.Sweep, base: sw.Variant, seed: int, arm: Arm, saved: Pa
 
 def transitions_per_step(cfg: Any) -> dict[str, float]:
     """Imagined sequences of one planning call (counted), and transitions per env step."""
-    task = get_task(cfg.task.name)
-    low, high = task.action_bounds
-    settings_type, _ = PLANNER_KINDS[cfg.planner.kind]
-    settings = settings_type(**OmegaConf.to_container(cfg.planner, resolve=True))
-    planner = make_planner(settings, low.tolist(), high.tolist())
+    plan = sw.count_planning_step(cfg)
     horizon = int(cfg.planner.horizon)
-
-    def imagine(state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
-        n = actions.shape[0]  # [n, H, A]
-        reward = -(actions**2).sum(-1)[:, None]  # [n, 1, H]
-        states = state.expand(n, 1, horizon + 1, state.shape[-1])
-        return ImaginedBatch(states, reward, torch.zeros_like(reward), torch.zeros_like(reward))
-
-    plan = planner.plan(
-        torch.zeros(task.state_dim), imagine, generator=torch.Generator().manual_seed(0)
-    )
     per_call = plan.n_candidates * horizon * int(cfg.experiment.particles)
     return {
         "sequences_per_call": plan.n_candidates,

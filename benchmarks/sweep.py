@@ -544,6 +544,34 @@ def publish(
     return md
 
 
+def count_planning_step(cfg: Any) -> Any:
+    """One planning step of ``cfg``'s composed planner on a counting imagination (a
+    quadratic objective with an optimum, one particle, no constraint): its ``PlanResult``
+    says how many sequences (``n_candidates``) in how many calls (``n_calls``) a step
+    imagines. No world model is built."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from mbrm.tasks import get_task
+    from planners import PLANNERS, ImaginedBatch, make_planner
+
+    task = get_task(cfg.task.name)
+    low, high = task.action_bounds
+    settings_type, _ = PLANNERS[cfg.planner.kind]
+    settings = settings_type(**OmegaConf.to_container(cfg.planner, resolve=True))
+    planner = make_planner(settings, low.tolist(), high.tolist())
+    horizon = int(cfg.planner.horizon)
+
+    def imagine(state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
+        n = actions.shape[0]  # [n, H, A]
+        reward = -(actions**2).sum(-1)[:, None]  # [n, 1, H]
+        states = state.expand(n, 1, horizon + 1, state.shape[-1])
+        return ImaginedBatch(states, reward, torch.zeros_like(reward), torch.zeros_like(reward))
+
+    start = torch.zeros(task.state_dim, device="cpu")
+    return planner.plan(start, imagine, generator=torch.Generator().manual_seed(0))
+
+
 # ---------------------------------------------------------------------- tables
 
 

@@ -236,7 +236,7 @@ class ConstraintClassifier:
         out = torch.empty(self.ensemble_size, flat.shape[0], device=self.device)  # [E, B]
         scratch = net.mlp.scratch(min(flat.shape[0], INFERENCE_CHUNK))
         for sl in row_slices(flat.shape[0]):
-            out[:, sl] = torch.sigmoid(net.infer_logits(net.features(flat[sl]), scratch))
+            out[:, sl] = torch.sigmoid(net.mlp.infer_shared(net.features(flat[sl]), scratch))
         return out.reshape(self.ensemble_size, *lead)
 
     @torch.no_grad()

@@ -53,12 +53,3 @@ class ClassifierNet(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
         return self.mlp(x).squeeze(-1).float()
-
-    @torch.no_grad()
-    def infer_logits(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-        """:meth:`logits` for inputs [B, in] shared by all members, through
-        :meth:`mbrm.nn.EnsembleMLP.infer` (one member at a time, activations kept in cache):
-        the same numbers up to the BLAS summation order, about twice as fast at planning
-        batch sizes. ``scratch`` comes from ``self.mlp.scratch(B)``."""
-        shared = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
-        return self.mlp.infer(shared, scratch).squeeze(-1).float()

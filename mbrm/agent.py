@@ -29,7 +29,7 @@ import torch
 from constraints.qp_filter import QPFilter
 from mbrm.device import to_host
 from mbrm.imagination import ModelImagination, as_tensor_state
-from planners.base import PlanResult, imagine, score_candidates
+from planners.base import PlanResult, imagine, score_candidates, warm_start
 
 
 @dataclass
@@ -70,8 +70,8 @@ class Agent:
 
         Plan reuse (``planner.replan_every`` = k): between planner calls the agent follows
         its last plan open-loop, as receding-horizon control with a k-step execution
-        interval does, but every step the remaining actions (padded to the horizon by
-        repeating the last one) are imagined once more from the state actually reached
+        interval does, but every step the remaining actions (shifted as a warm start is,
+        the freed last step filled by ``planner.warm_start_fill``) are imagined once more from the state actually reached
         and checked like any candidate: the plan is followed only while it stays feasible
         (Leike et al. 2018, Sec. 5.2: rejection, not penalty); otherwise the planner runs.
         One sequence is imagined instead of a whole search.
@@ -79,7 +79,14 @@ class Agent:
         settings = self.planner.settings
         if self._previous is None or self._age >= settings.replan_every:
             return None
-        rest = torch.cat([self._previous[1:], self._previous[-1:]])  # [H, A]
+        planner = self.planner
+        rest = warm_start(  # [H, A]: the plan shifted one step, as the next search would start
+            self._previous,
+            horizon=settings.horizon,
+            low=planner.low,
+            high=planner.high,
+            fill=settings.warm_start_fill,
+        )
         batch = imagine(self.imagination, state, rest[None])
         scores = score_candidates(
             batch, risk_aversion=settings.risk_aversion, reject_above=settings.reject_above

@@ -219,6 +219,13 @@ class EnsembleMLP(nn.Module):
                     act(h)
         return out
 
+    @torch.no_grad()
+    def infer_shared(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """:meth:`infer` for one input batch [B, in] shared by every member, of one output
+        each: -> [E, B] float32 (the reward ensemble's and the classifier's inference)."""
+        shared = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
+        return self.infer(shared, scratch).squeeze(-1).float()
+
     def select(self, members: list[int] | torch.Tensor) -> EnsembleMLP:
         """A detached copy holding only the given members (e.g. the elites)."""
         idx = torch.as_tensor(members, dtype=torch.long, device=self.linears[0].weight.device)

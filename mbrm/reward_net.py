@@ -87,9 +87,8 @@ class RewardNet(nn.Module):
     @torch.no_grad()
     def infer_scaled(self, x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
         """:meth:`scaled` for inputs [B, in] shared by all members, through
-        :meth:`mbrm.nn.EnsembleMLP.infer` (one member at a time, activations kept in cache):
-        the same numbers up to the BLAS summation order, about twice as fast at planning
-        batch sizes. ``scratch`` comes from ``self.mlp.scratch(B)``."""
-        shared = x.unsqueeze(0).expand(self.mlp.ensemble_size, -1, -1)
-        raw = self.mlp.infer(shared, scratch).squeeze(-1).float()  # [E, B]
+        :meth:`mbrm.nn.EnsembleMLP.infer_shared` (one member at a time, activations kept in
+        cache): the same numbers up to the BLAS summation order, about twice as fast at
+        planning batch sizes. ``scratch`` comes from ``self.mlp.scratch(B)``."""
+        raw = self.mlp.infer_shared(x, scratch)  # [E, B]
         return (raw - self.out_shift[:, None]) / self.out_scale[:, None]

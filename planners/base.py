@@ -378,6 +378,12 @@ class Planner(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def low(self) -> torch.Tensor: ...  # [A] the action box, on ``device``
+
+    @property
+    def high(self) -> torch.Tensor: ...  # [A]
+
     def plan(
         self,
         state: torch.Tensor,

@@ -38,6 +38,7 @@ class CountingPlanner:
         self.inner = make_planner(CEMSettings(**{**base, **settings}), [-1.0], [1.0])
         self.settings = self.inner.settings
         self.device = self.inner.device
+        self.low, self.high = self.inner.low, self.inner.high
         self.calls = 0
 
     def plan(self, *args, **kwargs):
