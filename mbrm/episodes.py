@@ -104,6 +104,7 @@ def run_episode(
     reward_model: Any | None = None,
     capture: Capture | None = None,
     on_step: Callable[[], None] | None = None,
+    reset_on_unacceptable: bool = False,
 ) -> dict[str, Any]:
     """One episode of at most ``length`` steps from ``task.make_env(seed)``.
 
@@ -112,10 +113,17 @@ def run_episode(
     a fitted ``reward_model`` is given, the return it predicts for the episode. A
     ``capture`` receives the real states and the plans chosen every ``plan_every`` steps;
     ``on_step`` (a progress bar's) is called after every environment step.
+
+    ``reset_on_unacceptable`` is the experimenter's reset: when the real state turns
+    unacceptable (the hidden rule), the environment is reset and the episode goes on from
+    the fresh start state, within the same ``length`` steps. Nothing tells the agent; the
+    replay's step index skips one there, so no segment spans the reset. ``resets`` counts
+    them.
     """
     env = task.make_env(seed)
     s, _ = env.reset(seed=seed)
-    states, actions = [s], []
+    states, actions, next_states = [s], [], []
+    resets = 0
     blocked: dict[str, int] = {}
     no_safe_plan, plan_seconds = 0, []
     planning = isinstance(policy, Agent)
@@ -147,31 +155,40 @@ def run_episode(
             a = policy()
         s2, _, terminated, truncated, _ = env.step(a)
         if recorder is not None:
-            recorder.replay.add(s, a, s2, recorder.episode, t)
+            recorder.replay.add(s, a, s2, recorder.episode, t + resets)
         states.append(s2)
         actions.append(a)
+        next_states.append(s2)
         s = s2
+        if reset_on_unacceptable and bool(task.unacceptable(s2)) and t + 1 < length:
+            s, _ = env.reset()  # the env's own generator: the same seed, the same starts
+            resets += 1
+            states[-1] = s  # the next transition starts here
+            if planning:
+                policy.reset()
         if on_step is not None:
             on_step()
         if terminated or truncated:
             break
     env.close()
     S, A = np.array(states), np.array(actions)
+    S0, S1 = S[:-1], np.array(next_states).reshape(S[1:].shape)  # each step's s and s'
     if capture is not None:
         capture.states, capture.actions = S.copy(), A.copy()
     out = {
-        "true_return": float(task.true_reward(S[:-1], A, S[1:]).sum()),
-        "unacceptable_steps": int(task.unacceptable(S[1:]).sum()),
+        "true_return": float(task.true_reward(S0, A, S1).sum()),
+        "unacceptable_steps": int(task.unacceptable(S1).sum()),
         "steps": len(A),
+        "resets": resets,
         "no_safe_plan": no_safe_plan,
         "blocked": blocked,
         "plan_seconds": float(np.median(plan_seconds)) if plan_seconds else 0.0,
     }
     if reward_model is not None and reward_model.fitted:
         mean, _ = reward_model.predict(
-            torch.as_tensor(S[:-1], dtype=torch.float32, device="cpu"),
+            torch.as_tensor(S0, dtype=torch.float32, device="cpu"),
             torch.as_tensor(A, dtype=torch.float32, device="cpu"),
-            torch.as_tensor(S[1:], dtype=torch.float32, device="cpu"),
+            torch.as_tensor(S1, dtype=torch.float32, device="cpu"),
         )
         out["predicted_return"] = float(mean.sum())
     return out

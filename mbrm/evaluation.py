@@ -187,5 +187,6 @@ def summarise(
         "oracle_unacceptable_steps": total("reference"),
         "random_unacceptable_steps": total("random"),
         "train_unacceptable_steps": int(sum(m["unacceptable_steps"] for m in training)),
+        "train_resets": int(sum(m.get("resets", 0) for m in training)),
         "plan_seconds_per_step": mean("learned", "plan_seconds"),
     }

@@ -120,6 +120,7 @@ class Loop:
             recorder=recorder,
             reward_model=self.reward_model,
             on_step=progress.step,
+            reset_on_unacceptable=self.settings.reset_on_unacceptable,
         )
         progress.episode_ended(out["steps"], self.length)
         self.episodes += 1

@@ -70,6 +70,9 @@ class LoopSettings:
     constraint_mode: str = "reject"
     constraint_penalty: float = 10.0
     human_wait_seconds: float = 0.0  # human feedback: wait this long for the queue each round
+    # the experimenter's reset: a training episode whose real state turns unacceptable goes on
+    # from a fresh start state (the agent is not told; evaluation episodes never reset)
+    reset_on_unacceptable: bool = False
     solicit: SolicitSettings = field(default_factory=SolicitSettings)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,11 @@ class LoopSettings:
         _choice("constraint_mode", self.constraint_mode, CONSTRAINT_MODES)
         _number("constraint_penalty", self.constraint_penalty, 0.0, math.inf)
         _number("human_wait_seconds", self.human_wait_seconds, 0.0, math.inf)
+        if not isinstance(self.reset_on_unacceptable, bool):
+            raise ValueError(
+                "experiment.reset_on_unacceptable must be true or false, got "
+                f"{self.reset_on_unacceptable!r}"
+            )
         if isinstance(self.solicit, dict):  # built from a plain mapping
             self.solicit = SolicitSettings(**self.solicit)
         first_fit = self.explore_episodes - 1  # the reward model is first fitted here

@@ -1,0 +1,60 @@
+"""The experimenter's reset (experiment.reset_on_unacceptable): a fallen robot is put
+back, the episode goes on within its step budget, and no segment spans the reset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from constraints.sets import ConstraintSet
+from mbrm.episodes import RandomExplorer, Recorder, run_episode
+from mbrm.replay import ReplayBuffer
+from mbrm.settings import LoopSettings
+from mbrm.tasks import get_task
+
+
+def _random_episode(reset: bool, seed: int = 0):
+    task = get_task("inverted_pendulum")
+    replay = ReplayBuffer(task.state_dim, task.action_dim, capacity=200)
+    explorer = RandomExplorer(task, ConstraintSet([], task.state_dim, task.action_dim), np.random.default_rng(seed))
+    out = run_episode(
+        task,
+        explorer,
+        seed=seed,
+        length=150,
+        generator=torch.Generator().manual_seed(seed),
+        recorder=Recorder(replay, 0, [], 0, 5),
+        reset_on_unacceptable=reset,
+    )
+    return task, replay, out
+
+
+def test_reset_keeps_the_budget_and_breaks_segments():
+    task, replay, out = _random_episode(True)
+    assert out["steps"] == 150 and len(replay) == 150
+    # random actions topple the pole within a few dozen steps: several resets
+    assert out["resets"] >= 3
+    # one unacceptable step per fall, none lying on the floor afterwards
+    assert out["unacceptable_steps"] == out["resets"] + int(task.unacceptable(replay.next_states[149]))
+    s, _, s2 = replay.arrays()
+    # after each reset the next transition starts from a fresh, acceptable start state
+    falls = np.flatnonzero(task.unacceptable(s2))[:-1]
+    assert not task.unacceptable(s[falls + 1]).any()
+    assert (np.abs(s[falls + 1][:, 1]) < 0.05).all()  # the pole starts near upright
+    for seg in replay.sample_segments(100, 5, np.random.default_rng(0)):
+        # a segment's states chain: each transition starts where the previous one ended
+        assert not task.unacceptable(seg.states[:-1]).any()
+
+
+def test_no_reset_lies_on_the_floor_and_is_reproducible():
+    _, _, plain = _random_episode(False)
+    assert plain["resets"] == 0 and plain["unacceptable_steps"] > 100
+    _, r1, a = _random_episode(True, seed=3)
+    _, r2, b = _random_episode(True, seed=3)
+    assert a == b and np.array_equal(r1.arrays()[0], r2.arrays()[0])
+
+
+def test_setting_rejects_non_booleans():
+    with pytest.raises(ValueError, match="reset_on_unacceptable must be true or false"):
+        LoopSettings(reset_on_unacceptable="yes")
