@@ -31,6 +31,9 @@ or classifier to fit): measured 15.8 min for the three at ``--jobs 2``, ~55 min 
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 import time
 
 import matplotlib
@@ -40,7 +43,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sweep as sw
 
-TASKS = ("inverted_pendulum", "reacher_keepout", "half_cheetah_safe")
+TASKS = ("inverted_pendulum", "reacher_keepout", "half_cheetah_safe", "hopper_safe")
 STEM = "exp1_preferences"
 
 
@@ -73,6 +76,48 @@ def against_oracle_mode(recs: list[sw.RunRecord], records: list[sw.RunRecord]) -
         if r.seed in oracle:
             lo, hi = r.summary["random_return"], oracle[r.seed]["eval_return"]
             out.append((r.summary["eval_return"] - lo) / (hi - lo) if hi != lo else np.nan)
+    return out
+
+
+def json_records(records: list[sw.RunRecord], sweep: sw.Sweep) -> list[dict]:
+    """One record per learned run (task, seed): its labels, returns and unacceptable steps,
+    the oracle-mode run of the same task and seed where there is one, and how to rerun it."""
+    oracle = {
+        (r.summary["task"], r.seed): r for r in records if r.variant.name.endswith("/oracle_mode")
+    }
+    out = []
+    for recs in learned_runs(records).values():
+        for r in recs:
+            s = r.summary
+            o = oracle.get((s["task"], r.seed))
+            vs = against_oracle_mode([r], records) if o is not None else []
+            out.append(
+                {
+                    "task": s["task"],
+                    "seed": r.seed,
+                    "env_steps": s["env_steps"],
+                    "preference_labels": s["labels"].get("preference", 0),
+                    "unacceptable_labels": s["labels"].get("unacceptable", 0),
+                    "eval_return": s["eval_return"],
+                    "random_return": s["random_return"],
+                    "oracle_same_world_model_return": s["oracle_return"],
+                    "oracle_mode_eval_return": None if o is None else o.summary["eval_return"],
+                    "score_against_oracle_mode": vs[0] if vs and np.isfinite(vs[0]) else None,
+                    "eval_unacceptable_steps": s["eval_unacceptable_steps"],
+                    "train_unacceptable_steps": s["train_unacceptable_steps"],
+                    "train_resets": s.get("train_resets", 0),
+                    "oracle_mode_eval_unacceptable_steps": (
+                        None if o is None else o.summary["eval_unacceptable_steps"]
+                    ),
+                    "wall_seconds": s["wall_seconds"],
+                    "oracle_mode_wall_seconds": None if o is None else o.summary["wall_seconds"],
+                    "revision": r.revision,
+                    "command": sweep.run_command_text(r.variant, r.seed),
+                    "oracle_mode_command": (
+                        None if o is None else sweep.run_command_text(o.variant, o.seed)
+                    ),
+                }
+            )
     return out
 
 
@@ -179,15 +224,37 @@ def main() -> None:
         action="store_true",
         help="also run oracle mode (reward_model=oracle constraints=oracle) per task and seed",
     )
+    p.add_argument(
+        "--stem",
+        default=STEM,
+        help=f"output names, docs/STEM.md/.json/.png (default {STEM}; another keeps a "
+        "run over some tasks beside the full table)",
+    )
     args = p.parse_args()
     started = time.monotonic()
     sweep = sw.make_sweep(args)
     tasks = sw.task_list(args)
     vs = variants(tasks, args.oracle_mode)
     records = sweep.run(vs)
+    out = sw.output_dir(sweep.root, sweep.smoke)
+    command = shlex.join(["python", f"benchmarks/{STEM}.py", *sys.argv[1:]])
+    path = out / f"{args.stem}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "what": "Experiment 1: learning from preferences alone, per task and seed",
+                "command": command,
+                "cpu": sw.cpu_name(),
+                "runs": json_records(records, sweep),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {path}")
     sw.publish(
-        sw.output_dir(sweep.root, sweep.smoke),
-        STEM,
+        out,
+        args.stem,
         title="Experiment 1: learning from preferences alone",
         intro=(
             "Normalised score (R - R_random) / (R_oracle - R_random) of the final agent, whose "
@@ -199,7 +266,7 @@ def main() -> None:
         budget=sw.budget_text(sweep, tasks),
         table=table(records),
         commands=[
-            f"python benchmarks/{STEM}.py" + (" --oracle-mode" if args.oracle_mode else ""),
+            command,
             *(sweep.command_text(v) for v in vs),
         ],
         figure=figure(records),

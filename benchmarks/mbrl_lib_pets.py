@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sweep
+
 HERE = Path(__file__).resolve().parent
 PLANNER = HERE / "planner.py"
 MBRL_DIR = HERE / ".mbrl-lib"
@@ -230,13 +232,6 @@ def theirs(spec: dict[str, Any]) -> dict[str, Any]:
     return run_json([sys.executable, __file__, "--worker", json.dumps(spec)])
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def transitions_per_s(runs: list[dict[str, Any]], per_step: int) -> int:
     """Transitions per second at the median of all timed steps of these runs."""
     return round(per_step / statistics.median(t for r in runs for t in r["s_per_step_all"]))
@@ -287,7 +282,7 @@ def main() -> None:
         return round(statistics.median(r[key] for r in runs[side]), 4)
 
     result = {
-        "cpu": cpu_model(),
+        "cpu": sweep.cpu_name(),
         "threads": 1,
         "rounds": args.rounds,
         "repeats": args.repeats,

@@ -35,7 +35,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,11 @@ DEMO_OVERRIDES = ("experiment=demo", "world_model=small", "planner=cem_fast")
 
 # Schedules per task. reacher_keepout runs the demo as it is: 4 random then 20 acting
 # episodes of 50 steps, 10 particles and 10 evaluation episodes (~5 min a run on one
-# core). The 200-step tasks get a short budget: episodes cut to 100 steps, 2 random +
-# 10 acting episodes, 5 particles and 3 evaluation episodes (~4 min a run).
+# core). inverted_pendulum runs its preset (configs/experiment/inverted_pendulum.yaml:
+# 200-step episodes, 2 random + 10 acting, the experimenter's reset) with the PETS world
+# model and an 18-step horizon (~10 min a run). The locomotion tasks, whose presets are
+# not settled yet, get a short budget: episodes cut to 100 steps, 2 random + 10 acting
+# episodes, 5 particles and 3 evaluation episodes (~4 min a run).
 SHORT_BUDGET = (
     "task.episode_length=100",
     "experiment.explore_episodes=2",
@@ -63,8 +66,9 @@ SHORT_BUDGET = (
 )
 TASK_BUDGET: dict[str, tuple[str, ...]] = {
     "reacher_keepout": (),
-    "inverted_pendulum": SHORT_BUDGET,
+    "inverted_pendulum": ("experiment=inverted_pendulum", "world_model=pets", "planner.horizon=18"),
     "half_cheetah_safe": SHORT_BUDGET,
+    "hopper_safe": SHORT_BUDGET,
 }
 
 # --smoke: the sizes of tests/test_loop.py's tiny runs and a 6-episode schedule. Keys
@@ -143,6 +147,12 @@ class RunRecord:
     run_dir: Path
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]  # numbers as float, empty cells as NaN, text as str
+    meta: dict[str, Any] = field(default_factory=dict)  # sweep.json: overrides, revision
+
+    @property
+    def revision(self) -> str:
+        """The git revision the run was started from (``unknown`` for runs of old sweeps)."""
+        return str(self.meta.get("revision", "unknown"))
 
     def column(self, key: str) -> np.ndarray:
         """One metrics column over episodes, NaN where a row lacks it."""
@@ -211,7 +221,34 @@ def read_record(variant: Variant, seed: int, run_dir: Path) -> RunRecord:
     summary = json.loads((run_dir / "summary.json").read_text())
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return RunRecord(variant, seed, run_dir, summary, rows)
+    meta_path = run_dir / "sweep.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return RunRecord(variant, seed, run_dir, summary, rows, meta)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` reports it) and its core count."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def git_revision() -> str:
+    """``git describe --always --dirty`` of the repository (``unknown`` outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def group_choice(overrides: Sequence[str], group: str, default: str) -> str:
@@ -282,6 +319,10 @@ class Sweep:
             f"hydra.sweep.subdir={variant.name}/seed_${{seed}}",
         ]
 
+    def run_command_text(self, variant: Variant, seed: int) -> str:
+        """The one ``mbrm demo`` command that reproduces a single run of ``variant``."""
+        return shlex.join(["mbrm", "demo", f"seed={seed}", *self.overrides(variant)])
+
     def command_text(self, variant: Variant) -> str:
         """The command as a reader reruns it from the repository root."""
         args = self.command(variant, self.seeds)
@@ -320,8 +361,13 @@ class Sweep:
             )
         return not changed
 
-    def _mark(self, variant: Variant, seed: int) -> None:
-        meta = {"variant": variant.name, "seed": seed, "overrides": self.overrides(variant)}
+    def _mark(self, variant: Variant, seed: int, revision: str) -> None:
+        meta = {
+            "variant": variant.name,
+            "seed": seed,
+            "overrides": self.overrides(variant),
+            "revision": revision,
+        }
         (self.run_dir(variant, seed) / "sweep.json").write_text(json.dumps(meta, indent=2))
 
     def run(self, variants: Sequence[Variant]) -> list[RunRecord]:
@@ -365,6 +411,7 @@ class Sweep:
                     shutil.rmtree(stale)
             log = self.root / variant.name / "sweep.log"
             cmd = self.command(variant, missing, mbrm_executable())
+            revision = git_revision()
             print(
                 f"sweep: {variant.name}: running seeds {missing}"
                 + (f" (reusing {reused})" if reused else "")
@@ -394,7 +441,7 @@ class Sweep:
                     raise
             for s in missing:
                 if (self.run_dir(variant, s) / "summary.json").exists():
-                    self._mark(variant, s)
+                    self._mark(variant, s, revision)
             failed = [
                 s for s in missing if not (self.run_dir(variant, s) / "summary.json").exists()
             ]

@@ -212,3 +212,45 @@ def test_run_only_keys_do_not_make_a_run_stale(tmp_path):
     saved.experiment.particles = 3
     OmegaConf.save(saved, path)
     assert sw.config_changes(sweep.compose(v, 0), path) == ["experiment.particles"]
+
+
+def _summary(task: str, eval_return: float, **extra: float) -> dict:
+    return {
+        "task": task,
+        "env_steps": 400,
+        "labels": {"preference": 30, "unacceptable": 12},
+        "eval_return": eval_return,
+        "random_return": 10.0,
+        "oracle_return": 90.0,
+        "eval_unacceptable_steps": 0,
+        "train_unacceptable_steps": 4,
+        "wall_seconds": 60.0,
+        **extra,
+    }
+
+
+def test_experiment_1_records_pair_each_learned_run_with_its_oracle_mode_run():
+    """docs/exp1_preferences.json: one record per task and seed, scored against the
+    oracle-mode run of the same task and seed, with the command that reruns each."""
+    exp1 = _load_benchmark("exp1_preferences")
+    sweep = sw.Sweep(root=Path("/runs"), seeds=(0, 1))
+    learned = sw.Variant("t/demo", ("task=t",))
+    oracle = sw.Variant("t/oracle_mode", ("task=t", *exp1.ORACLE_MODE))
+    meta = {"revision": "abc1234"}
+    records = [
+        sw.RunRecord(learned, 0, Path("/runs/t/demo/seed_0"), _summary("t", 50.0), [], meta),
+        sw.RunRecord(learned, 1, Path("/runs/t/demo/seed_1"), _summary("t", 70.0), [], meta),
+        sw.RunRecord(oracle, 0, Path("/runs/t/oracle_mode/seed_0"), _summary("t", 90.0), []),
+    ]
+    out = exp1.json_records(records, sweep)
+    assert [(r["task"], r["seed"]) for r in out] == [("t", 0), ("t", 1)]
+    first, second = out
+    assert first["score_against_oracle_mode"] == pytest.approx((50 - 10) / (90 - 10))
+    assert first["oracle_mode_eval_return"] == 90.0 and first["revision"] == "abc1234"
+    assert (first["preference_labels"], first["unacceptable_labels"]) == (30, 12)
+    assert first["command"] == "mbrm demo seed=0 task=t"
+    assert first["oracle_mode_command"].startswith("mbrm demo seed=0 task=t reward_model=oracle")
+    # no oracle-mode run for seed 1: its fields are null, not a made-up score
+    assert second["score_against_oracle_mode"] is None and second["oracle_mode_command"] is None
+    assert records[2].revision == "unknown"
+    json.dumps(out)  # plain JSON types only

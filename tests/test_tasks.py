@@ -375,3 +375,24 @@ def test_layouts_derived_from_the_model_equal_the_hand_written_ones(name):
     assert layout.excluded == excluded and layout.periodic == periodic
     assert layout.dt == pytest.approx(dt, abs=1e-12)
     assert get_task(name).excluded_inputs is None  # nothing hand-written any more
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_task_composes_with_its_own_experiment_preset(name):
+    """`mbrm train task=NAME` picks configs/experiment/NAME.yaml (typed and checked);
+    experiment=... on the command line still chooses another schedule."""
+    from omegaconf import OmegaConf
+
+    from mbrm.resources import config_dir
+    from mbrm.run import compose_config, run_settings
+
+    assert (config_dir() / "experiment" / f"{name}.yaml").is_file()
+    cfg = compose_config([f"task={name}"])
+    settings = run_settings(cfg)
+    preset = OmegaConf.load(config_dir() / "experiment" / f"{name}.yaml")
+    for key, value in preset.items():
+        if key != "defaults":
+            assert OmegaConf.select(cfg.experiment, key) == value, key
+    assert settings.experiment.iterations == cfg.experiment.iterations
+    default = compose_config([f"task={name}", "experiment=default"]).experiment
+    assert default == compose_config(["experiment=default"]).experiment
