@@ -21,7 +21,7 @@ from mbrm.episodes import Capture, RandomExplorer, run_episode
 from mbrm.feedback.teachers import PreferenceTeacher
 from mbrm.parts import RunParts
 from mbrm.replay import ReplayBuffer
-from mbrm.reward_model import preference_accuracy, reward_spearman
+from mbrm.reward_metrics import UndefinedMetric, preference_accuracy, reward_spearman
 from mbrm.tasks import Task
 from mbrm.video import plan_interval
 
@@ -57,9 +57,13 @@ def model_metrics(
         segs = replay.sample_segments(200, segment_length, rng)
         oracle = PreferenceTeacher(task, seed=int(rng.integers(1 << 31)))
         pairs = [(x, y, oracle.answer(x, y)) for x, y in zip(segs[::2], segs[1::2], strict=False)]
-        out["reward_accuracy"] = preference_accuracy(reward_model, pairs)
         pick = rng.choice(len(s), min(len(s), 2000), replace=False)
-        out["reward_spearman"] = reward_spearman(reward_model, task, s[pick], a[pick], s2[pick])
+        # A reward that is mostly constant (the upright pendulum's) can make every sampled
+        # pair a tie or every sampled step equal: the metric is then NaN, the run goes on.
+        out["reward_accuracy"] = _defined(lambda: preference_accuracy(reward_model, pairs))
+        out["reward_spearman"] = _defined(
+            lambda: reward_spearman(reward_model, task, s[pick], a[pick], s2[pick])
+        )
     if classifier is not None and classifier.threshold is not None:
         flags = task.unacceptable(s)
         if flags.any():
@@ -67,6 +71,14 @@ def model_metrics(
             out["classifier_recall"] = ev["recall"]
             out["classifier_fnr"] = ev["false_negative_rate"]
     return out
+
+
+def _defined(metric: Callable[[], float]) -> float:
+    """The metric's value, or NaN where the data leave it undefined."""
+    try:
+        return metric()
+    except UndefinedMetric:
+        return float("nan")
 
 
 def evaluation_seeds(seed: int, episodes: int) -> list[int]:

@@ -30,6 +30,10 @@ class RewardPredictor(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class UndefinedMetric(ValueError):
+    """The data leave a metric undefined (all ties, a constant reward): not a bad input."""
+
+
 def preference_accuracy(model: RewardPredictor, pairs: Sequence[PreferencePair]) -> float:
     """Fraction of strict (left/right) preferences whose order the ensemble-mean return agrees with.
 
@@ -49,7 +53,9 @@ def preference_accuracy(model: RewardPredictor, pairs: Sequence[PreferencePair])
         correct += says_left if pref is Preference.LEFT else says_right
         total += 1
     if total == 0:
-        raise ValueError("preference_accuracy needs at least one strict (left/right) preference")
+        raise UndefinedMetric(
+            "preference_accuracy needs at least one strict (left/right) preference"
+        )
     return correct / total
 
 
@@ -81,10 +87,12 @@ def reward_spearman(
         raise ValueError(f"reward_spearman needs at least 3 transitions, got {states.shape[0]}")
     true = task.true_reward(states, actions, next_states)
     if np.ptp(true) == 0:
-        raise ValueError("the true reward is constant on these transitions; Spearman is undefined")
+        raise UndefinedMetric(
+            "the true reward is constant on these transitions; Spearman is undefined"
+        )
     pred = model.predict(states, actions, next_states)[0].cpu().numpy()
     if np.ptp(pred) == 0:
-        raise ValueError(
+        raise UndefinedMetric(
             "the learned reward is constant on these transitions; Spearman is undefined"
         )
     return float(spearmanr(pred, true).statistic)

@@ -69,3 +69,36 @@ def test_no_reset_lies_on_the_floor_and_is_reproducible():
 def test_setting_rejects_non_booleans():
     with pytest.raises(ValueError, match="reset_on_unacceptable must be true or false"):
         LoopSettings(reset_on_unacceptable="yes")
+
+
+class _FittedReward:
+    """A fitted reward model that predicts a state's pole angle (any order will do)."""
+
+    fitted = True
+
+    def predict(self, s, a, s2):
+        r = torch.as_tensor(np.asarray(s2)[..., 1], dtype=torch.float32)
+        return r, torch.zeros_like(r)
+
+
+def test_a_replay_of_ties_leaves_the_reward_accuracy_undefined_not_the_run_stopped():
+    """An upright pendulum earns 1 a step, so every pair of its segments is a tie: the
+    held-out preference accuracy is NaN (a run with the reset once stopped here)."""
+    from mbrm.evaluation import model_metrics
+
+    task = get_task("inverted_pendulum")
+    replay = ReplayBuffer(task.state_dim, task.action_dim, capacity=200)
+    rng = np.random.default_rng(0)
+    for t in range(120):  # upright, the cart wandering: every step earns 1
+        s = np.array([0.01 * t, 0.0, 0.0, 0.0])
+        replay.add(s, rng.uniform(-1, 1, 1), s + np.array([0.01, 0.0, 0.0, 0.0]), 0, t)
+    out = model_metrics(
+        task,
+        replay,
+        replay.arrays(),
+        reward_model=_FittedReward(),
+        classifier=None,
+        segment_length=5,
+        rng=np.random.default_rng(1),
+    )
+    assert np.isnan(out["reward_accuracy"]) and np.isnan(out["reward_spearman"])
