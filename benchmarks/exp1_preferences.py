@@ -20,13 +20,19 @@ millions of environment steps; here the model-based agent gets a few thousand.
 
 Budget (2-core CPU, 3 seeds, ``--jobs 2``): reacher_keepout runs the demo's schedule (4
 random + 20 acting episodes of 50 steps, 10 evaluation episodes with the agent, a random
-policy and the oracle); inverted_pendulum and half_cheetah_safe a short one (100-step
-episodes, 2 random + 10 acting, 5 particles, 3 evaluation episodes). A run takes 4-8
-min with two sharing the machine, a task ~14 min (measured: reacher_keepout 13.8 min),
-~40 min in all. ``--oracle-mode`` adds one oracle-mode arm a task, quicker (no reward
-or classifier to fit): measured 15.8 min for the three at ``--jobs 2``, ~55 min in all.
+policy and the oracle); inverted_pendulum its preset (200-step episodes, 2 random + 10
+acting, the experimenter's reset, 3 evaluation episodes) with the PETS world model and an
+18-step horizon, 10-25 min a run; half_cheetah_safe and hopper_safe a short one (100-step
+episodes, 2 random + 10 acting, 5 particles, 3 evaluation episodes) until their presets
+are settled. ``--oracle-mode`` adds one oracle-mode arm a task, quicker (no reward or
+classifier to fit). Besides the markdown table, ``docs/<stem>.json`` holds one record per
+task and seed: env steps, preference and unacceptable labels, eval return, the
+oracle-mode run's eval return and the score against it, unacceptable steps in evaluation
+and training, wall seconds, the git revision the run started from and the command that
+reruns it.
 
     python benchmarks/exp1_preferences.py [--seeds 0,1,2] [--jobs 2] [--oracle-mode] [--smoke]
+        [--tasks inverted_pendulum,...] [--stem exp1_preferences]
 """
 
 from __future__ import annotations
