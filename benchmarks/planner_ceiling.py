@@ -34,7 +34,7 @@ from mujoco import rollout
 from omegaconf import OmegaConf
 
 from mbrm.run import compose_config
-from mbrm.tasks import get_task
+from mbrm.tasks import TASKS, get_task
 from planners import PLANNERS, ImaginedBatch, make_planner
 
 LOCOMOTION = ("half_cheetah_safe", "hopper_safe")
@@ -50,7 +50,6 @@ class SimImagination:
         self.data = mujoco.MjData(self.model)
         self.skip = int(env.unwrapped.frame_skip)
         self.nq, self.nv = self.model.nq, self.model.nv
-        self.calls = 0
 
     def full_state(self, s: np.ndarray) -> np.ndarray:
         self.data.qpos[:] = s[: self.nq]
@@ -60,7 +59,6 @@ class SimImagination:
         return out
 
     def __call__(self, state: torch.Tensor, actions: torch.Tensor) -> ImaginedBatch:
-        self.calls += 1
         s0 = state.double().cpu().numpy()
         a = actions.double().cpu().numpy()  # [n, H, A]
         n, H, _ = a.shape
@@ -140,7 +138,17 @@ def main() -> None:
     args = p.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be >= 1, got {args.steps}")
-    seeds = [int(x) for x in args.seeds.split(",")]
+    unknown = [t for t in args.tasks.split(",") if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}")
+    planners = sorted(p.stem for p in (sw.CONFIG_DIR / "planner").glob("*.yaml"))
+    unknown = [x for x in args.planners.split(",") if x not in planners]
+    if unknown:
+        raise SystemExit(f"--planners: unknown {unknown}; known: {planners}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
     started = time.monotonic()
     records = []
     for task_name in args.tasks.split(","):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -203,16 +202,6 @@ def evaluate(cfg: Any, run_dir: Path) -> dict[str, Any]:
         summary["measured_transitions_per_step"] = counter.transitions / max(counter.steps, 1)
         loop.store.close()
     return summary
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=sw.REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def records_for(
@@ -399,7 +388,7 @@ def main() -> None:
     command = "python benchmarks/planner_efficiency.py " + " ".join(f"--{k}={v}" for k, v in named)
     (out / f"{args.stem}.json").write_text(
         json.dumps(
-            {"git_revision": git_revision(), "command": command, "records": records}, indent=1
+            {"git_revision": sw.git_revision(), "command": command, "records": records}, indent=1
         )
         + "\n"
     )
