@@ -174,6 +174,9 @@ class RunRecord:
 _RUN_ONLY_KEYS = ("progress", "resume", "device")
 # Keys inside a group that change how a run is carried out, never its figures.
 _RUN_ONLY_GROUP_KEYS = (("experiment", "eval_workers"),)
+# Settings added after runs were saved, with the value that computes what those runs did:
+# a saved config without the key matches a composed one at that value.
+_ADDED_KEYS = {"reward_model.lapse": 0.0}
 
 
 def config_changes(composed: Any, saved_path: Path) -> list[str]:
@@ -197,7 +200,7 @@ def config_changes(composed: Any, saved_path: Path) -> list[str]:
         if isinstance(x, dict) and isinstance(y, dict):
             for k in sorted(set(x) | set(y), key=str):
                 walk(x.get(k, "<absent>"), y.get(k, "<absent>"), f"{prefix}{k}.")
-        elif x != y:
+        elif x != y and not (y == "<absent>" and _ADDED_KEYS.get(prefix.rstrip("."), y) == x):
             out.append(prefix.rstrip("."))
 
     walk(a, b, "")

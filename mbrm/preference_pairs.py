@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch.nn import functional as F
 
 from mbrm.feedback.segments import Preference, Segment
 
@@ -63,3 +65,33 @@ def bradley_terry_logits(
     r_left = (r[:, : b * T_l].reshape(E, b, T_l) * data.left_mask[idx]).sum(-1)
     r_right = (r[:, b * T_l :].reshape(E, b, T_r) * data.right_mask[idx]).sum(-1)
     return r_left - r_right
+
+
+def check_segment(seg: Segment, state_dim: int, action_dim: int) -> None:
+    """Refuse a segment of other sizes than S, A or with non-finite inputs."""
+    if seg.states.shape[1] != state_dim or seg.actions.shape[1] != action_dim:
+        raise ValueError(
+            f"segment has states [.., {seg.states.shape[1]}] and actions "
+            f"[.., {seg.actions.shape[1]}]; this model expects S={state_dim}, A={action_dim}"
+        )
+    if not (np.isfinite(seg.states[:-1]).all() and np.isfinite(seg.actions).all()):
+        raise ValueError("segment has non-finite states or actions")
+
+
+def preference_loss(logits: torch.Tensor, target: torch.Tensor, lapse: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``target`` under a Bradley-Terry model with lapses.
+
+    Christiano et al. 2017 (Sec. 2.2.3) assume a fixed chance that the teacher answers
+    uniformly at random: ``P(left) = (1 - lapse) * sigmoid(logit) + lapse / 2``. A flipped
+    answer then costs at most ``-log(lapse / 2)`` instead of growing with the logit, so a
+    few mistaken labels cannot drag the reward to fit them. ``lapse = 0`` is the plain
+    loss (``binary_cross_entropy_with_logits``).
+    """
+    if not lapse:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    # log P and log (1 - P) from log-sigmoids, exact where sigmoid saturates
+    half = torch.log(torch.tensor(lapse / 2, dtype=logits.dtype, device=logits.device))
+    keep = torch.log(torch.tensor(1.0 - lapse, dtype=logits.dtype, device=logits.device))
+    log_p = torch.logaddexp(keep + F.logsigmoid(logits), half)
+    log_q = torch.logaddexp(keep + F.logsigmoid(-logits), half)
+    return -(target * log_p + (1.0 - target) * log_q).mean()

@@ -212,6 +212,13 @@ def test_run_only_keys_do_not_make_a_run_stale(tmp_path):
     saved.experiment.particles = 3
     OmegaConf.save(saved, path)
     assert sw.config_changes(sweep.compose(v, 0), path) == ["experiment.particles"]
+    # a run saved before reward_model.lapse existed computed lapse 0: still the same run
+    saved.experiment.particles = sweep.compose(v, 0).experiment.particles
+    del saved.reward_model["lapse"]
+    OmegaConf.save(saved, path)
+    assert sw.config_changes(sweep.compose(v, 0), path) == []
+    lapsed = sw.Variant("reacher_keepout/lapse", ("task=reacher_keepout", "reward_model.lapse=0.1"))
+    assert sw.config_changes(sweep.compose(lapsed, 0), path) == ["reward_model.lapse"]
 
 
 def _summary(task: str, eval_return: float, **extra: float) -> dict:
@@ -254,3 +261,34 @@ def test_experiment_1_records_pair_each_learned_run_with_its_oracle_mode_run():
     assert second["score_against_oracle_mode"] is None and second["oracle_mode_command"] is None
     assert records[2].revision == "unknown"
     json.dumps(out)  # plain JSON types only
+
+
+def test_teacher_records_score_each_teacher_against_oracle_mode_with_its_own_target():
+    """docs/exp_teachers.json: the mistake teacher's target is the task's less 0.05, and a
+    seed with unacceptable evaluation steps does not meet it whatever its score."""
+    exp = _load_benchmark("exp_teachers")
+    sweep = sw.Sweep(root=Path("/runs"), seeds=(0,))
+    task = "reacher_keepout"
+    oracle_teacher, _, mistake, lapse, oracle_mode = exp.variants([task])
+    assert [v.name for v in (oracle_teacher, mistake, lapse, oracle_mode)] == [
+        f"{task}/demo",
+        f"{task}/teacher_mistake",
+        f"{task}/teacher_mistake_lapse",
+        f"{task}/oracle_mode",
+    ]
+    assert "feedback=mistake" in mistake.overrides
+    assert {"feedback=mistake", "reward_model.lapse=0.1"} <= set(lapse.overrides)
+    records = [
+        sw.RunRecord(oracle_teacher, 0, Path("/r/a"), _summary(task, 86.0), []),
+        sw.RunRecord(mistake, 0, Path("/r/b"), _summary(task, 82.0, eval_unacceptable_steps=2), []),
+        sw.RunRecord(oracle_mode, 0, Path("/r/c"), _summary(task, 90.0), []),
+    ]
+    first, second = exp.json_records(records, sweep)
+    assert (first["teacher"], second["teacher"]) == ("oracle", "mistake")
+    assert first["score_against_oracle_mode"] == pytest.approx(76 / 80)
+    assert first["target"] == pytest.approx(0.95) and first["meets_target"] is True
+    assert second["score_against_oracle_mode"] == pytest.approx(72 / 80)
+    assert second["target"] == pytest.approx(0.90) and second["meets_target"] is False
+    assert second["command"].startswith("mbrm demo seed=0 task=reacher_keepout")
+    assert "| reacher_keepout | mistake |" in exp.table([first, second])
+    json.dumps([first, second])

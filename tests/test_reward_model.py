@@ -258,3 +258,36 @@ def test_bradley_terry_is_antisymmetric_and_finite(seed, scale, length):
     assert ((p_ab >= 0) & (p_ab <= 1)).all()
     torch.testing.assert_close(p_ab, 1 - p_ba, atol=1e-6, rtol=0)
     assert math.isclose(float(_PROPERTY_MODEL.preference_probability(a, a)[0]), 0.5)
+
+
+def test_lapse_bounds_the_cost_of_a_flipped_answer_and_zero_is_the_plain_loss():
+    """Christiano et al. 2017's lapse: P(left) = (1 - lapse) sigmoid(z) + lapse / 2."""
+    from torch.nn import functional as F
+
+    from mbrm.preference_pairs import preference_loss
+
+    z = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0])
+    t = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0])
+    torch.testing.assert_close(preference_loss(z, t), F.binary_cross_entropy_with_logits(z, t))
+    p = 0.9 * torch.sigmoid(z) + 0.05
+    direct = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
+    torch.testing.assert_close(preference_loss(z, t, 0.1), direct)
+    # a confident model and a flipped answer: bounded by -log(lapse / 2), finite at any logit
+    for logit in (30.0, 1e4, 1e30):
+        loss = preference_loss(torch.tensor([logit]), torch.tensor([0.0]), 0.1)
+        assert math.isfinite(float(loss)) and float(loss) <= -math.log(0.05) + 1e-6
+    assert float(preference_loss(torch.tensor([1e4]), torch.tensor([0.0]))) > 1e3
+
+
+def test_a_lapse_changes_the_fit_and_out_of_range_lapses_are_refused(rng):
+    pairs = sample_pairs(cheetah_episodes(0)[:40], 50, rng, PreferenceTeacher(TASK))
+    s, a, s2 = transitions(cheetah_episodes(0)[40:42])
+    preds = []
+    for lapse in (0.0, 0.1):
+        model = new_model(seed=5, ensemble_size=2, lapse=lapse)
+        model.fit(pairs, generator=torch.Generator().manual_seed(9), epochs=3)
+        preds.append(model.predict(s, a, s2)[0])
+    assert not torch.allclose(preds[0], preds[1])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="lapse in \\[0, 1\\)"):
+            new_model(lapse=bad)

@@ -164,10 +164,13 @@ class RewardModelConfig(NetworkConfig):
     lr: float = 3e-3
     # Which state a step's reward reads: next = r(a_t, s_t+1) | current = r(s_t, a_t).
     state: str = "next"
+    # Probability that an answer is uniformly random, in [0, 1): the Bradley-Terry model's lapse.
+    lapse: float = 0.0
 
     def __post_init__(self) -> None:
         one_of("reward_model.kind", self.kind, REWARD_KINDS)
         self.check("reward_model")
+        in_range("reward_model.lapse", self.lapse, 0.0, 1.0, high_open=True)
         one_of("reward_model.state", self.state, ("next", "current"))
 
 
