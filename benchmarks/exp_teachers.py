@@ -169,7 +169,7 @@ def figure(rows: list[dict]):
     targets)."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     teachers = list(TEACHERS)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(tasks), 4))
+    fig, ax = plt.subplots(figsize=(4.5 + 2.4 * len(tasks), 4))
     width = 0.8 / len(teachers)
     for j, teacher in enumerate(teachers):
         for i, task in enumerate(tasks):
@@ -184,7 +184,7 @@ def figure(rows: list[dict]):
                     width * 0.9,
                     color=f"C{j}",
                     alpha=0.6,
-                    label=f"{teacher} teacher" if i == 0 else None,
+                    label=teacher if i == 0 else None,
                 )
                 ax.plot([x] * len(scores), scores, "ko", ms=4)
             goal = target(task, teacher)
@@ -193,8 +193,12 @@ def figure(rows: list[dict]):
     ax.axhline(1.0, color="k", lw=1, ls=":", label="oracle mode")
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("(R - R_random) / (R_oracle_mode - R_random)")
+    finite = [
+        r["score_against_oracle_mode"] for r in rows if r["score_against_oracle_mode"] is not None
+    ]
+    ax.set_ylim(min([0.7, *finite]) - 0.05, max([1.0, *finite]) + 0.05)
     ax.set_title("teacher robustness (dashed: targets; dots: seeds)")
-    ax.legend(loc="lower left")
+    ax.legend(title="teacher (reward model)", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
