@@ -22,9 +22,10 @@ Budget (2-core CPU, 3 seeds, ``--jobs 2``): reacher_keepout runs the demo's sche
 random + 20 acting episodes of 50 steps, 10 evaluation episodes with the agent, a random
 policy and the oracle); inverted_pendulum its preset (200-step episodes, 2 random + 10
 acting, the experimenter's reset, 3 evaluation episodes) with the PETS world model and an
-18-step horizon, 10-25 min a run; half_cheetah_safe and hopper_safe a short one (100-step
-episodes, 2 random + 10 acting, 5 particles, 3 evaluation episodes) until their presets
-are settled. ``--oracle-mode`` adds one oracle-mode arm a task, quicker (no reward or
+18-step horizon, 10-25 min a run; half_cheetah_safe its preset (1 random + 19 acting
+episodes of 1,000 steps, 5 particles, 2 evaluation episodes) with icem_fast, 60-90 min a
+run; hopper_safe a short one (100-step episodes, 2 random + 10 acting, 5 particles, 3
+evaluation episodes) until its preset is settled. ``--oracle-mode`` adds one oracle-mode arm a task, quicker (no reward or
 classifier to fit). Besides the markdown table, ``docs/<stem>.json`` holds one record per
 task and seed: env steps, preference and unacceptable labels, eval return, the
 oracle-mode run's eval return and the score against it, unacceptable steps in evaluation
