@@ -69,7 +69,11 @@ SHORT_BUDGET = (
 TASK_BUDGET: dict[str, tuple[str, ...]] = {
     "reacher_keepout": (),
     "inverted_pendulum": ("experiment=inverted_pendulum", "world_model=pets", "planner.horizon=18"),
-    "half_cheetah_safe": ("task.episode_length=1000", "planner=icem_fast"),
+    "half_cheetah_safe": (
+        "experiment=half_cheetah_safe",
+        "task.episode_length=1000",
+        "planner=icem_fast",
+    ),
     "hopper_safe": SHORT_BUDGET,
 }
 
