@@ -9,6 +9,7 @@ mbrm report RUN_DIR             write RUN_DIR/report.md and report.html
 mbrm demo                       the main job: reacher_keepout, synthetic feedback, CEM
 mbrm options [GROUP]            every configuration key: dotted path, default, help
 mbrm label RUN_DIR              label RUN_DIR's queued queries in the browser
+mbrm certify RUN_DIR --suite S  a safety certificate on a held-out suite (--verify CERT)
 
 A refused setting or input prints one line and exits with status 2; add --debug
 (anywhere) or set HYDRA_FULL_ERROR=1 to see the traceback instead.
@@ -364,9 +365,13 @@ def _dispatch(cmd: str, rest: list[str]) -> None:
         label_main(rest)
     elif cmd == "options":
         _options(rest)
+    elif cmd == "certify":
+        from mbrm.certify.command import main as certify_main
+
+        certify_main(rest)
     else:
         raise UsageError(
-            f"unknown command {cmd!r}; commands: train, demo, eval, report, options, label"
+            f"unknown command {cmd!r}; commands: train, demo, eval, report, options, label, certify"
         )
 
 

@@ -105,6 +105,7 @@ def run_episode(
     capture: Capture | None = None,
     on_step: Callable[[], None] | None = None,
     reset_on_unacceptable: bool = False,
+    make_env: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
     """One episode of at most ``length`` steps from ``task.make_env(seed)``.
 
@@ -118,9 +119,10 @@ def run_episode(
     unacceptable (the hidden rule), the environment is reset and the episode goes on from
     the fresh start state, within the same ``length`` steps. Nothing tells the agent; the
     replay's step index skips one there, so no segment spans the reset. ``resets`` counts
-    them.
+    them. ``make_env(seed)`` builds the environment instead of ``task.make_env`` (a
+    certificate's perturbed scenarios, :mod:`mbrm.certify.perturb`).
     """
-    env = task.make_env(seed)
+    env = task.make_env(seed) if make_env is None else make_env(seed)
     s, _ = env.reset(seed=seed)
     states, actions, next_states = [s], [], []
     resets = 0

@@ -107,10 +107,18 @@ def file_options(path: Path, root: Path) -> tuple[str, list[Option]]:
     return description, out
 
 
+# Folders of ``configs/`` that hold inputs of other commands, not run settings (the
+# example test suites of ``mbrm certify``).
+NOT_SETTINGS = ("suites",)
+
+
 def all_options(root: Path) -> Iterator[tuple[str, str, list[Option]]]:
     """(file, description, options) for every config file under ``root``, the primary
     config first."""
-    files = sorted(root.rglob("*.yaml"), key=lambda p: (p.parent != root, str(p)))
+    files = sorted(
+        (p for p in root.rglob("*.yaml") if p.relative_to(root).parts[0] not in NOT_SETTINGS),
+        key=lambda p: (p.parent != root, str(p)),
+    )
     for path in files:
         description, options = file_options(path, root)
         yield path.relative_to(root).as_posix(), description, options

@@ -30,7 +30,10 @@ PACKAGES: tuple[str, ...] = ("mbrm", "planners", "constraints")
 # layer with a prefix equal to its name or to a dotted parent of it; a prefix
 # ending in "*" matches any name that starts with the rest.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("applications", ("mbrm.cli", "mbrm.options", "mbrm.labeling", "mbrm.report", "benchmarks")),
+    (
+        "applications",
+        ("mbrm.cli", "mbrm.options", "mbrm.labeling", "mbrm.report", "mbrm.certify", "benchmarks"),
+    ),
     ("composition root", ("mbrm.run",)),
     (
         "training",
