@@ -217,16 +217,13 @@ class Loop:
         """One round of queries: imagined, real and synthesised candidates (Sec. 5.2, 5.7)."""
         s = self.settings.solicit
         # models that can score candidates yet: a fitted reward model, a calibrated classifier
-        rm = (
-            self.reward_model
-            if self.reward_model is not None and self.reward_model.fitted
-            else None
-        )
+        rm = self.reward_model
+        rm = rm if rm is not None and rm.fitted else None
         clf = self.classifier
         clf = clf if clf is not None and clf.threshold is not None else None
-        pool = list(self.imagined)
+        plans = list(self.imagined)  # the agent's own plans: candidates, near_miss starts
         self.imagined.clear()
-        pool += self.replay.sample_segments(s.real_candidates, s.segment_length, self.rng)
+        pool = plans + self.replay.sample_segments(s.real_candidates, s.segment_length, self.rng)
         judged, _ = self.store.unacceptable_states()  # once a round, before asking
         replay_states = data[0] if len(self.replay) else None
         if replay_states is not None:
@@ -243,6 +240,7 @@ class Loop:
                 learning=self.reward_model is not None or self.classifier is not None,
                 rng=self.rng,
                 generator=self.torch_gen,
+                plans=plans,
             )
         report = solicit_round(
             store=self.store,
