@@ -293,3 +293,37 @@ def test_teacher_records_score_each_teacher_against_oracle_mode_with_its_own_tar
     assert second["command"].startswith("mbrm demo seed=0 task=reacher_keepout")
     assert "| reacher_keepout | mistake |" in exp.table([first, second])
     json.dumps([first, second])
+
+
+def test_red_team_scores_misses_on_held_out_states_at_the_boundary():
+    """Near-boundary states are those one small move turns to the other side of the rule;
+    the miss rate counts the unacceptable ones a calibrated classifier lets pass."""
+    exp = _load_benchmark("exp_red_team")
+
+    class Line:  # unacceptable: x > 1
+        @staticmethod
+        def unacceptable(s):
+            return s[..., 0] > 1.0
+
+    rng = np.random.default_rng(0)
+    pool = rng.uniform(-2.0, 2.0, size=(4000, 2))  # per-dimension std ~1.15
+    states, flags = exp.near_boundary_states(Line, pool, rng, scale=0.05)
+    assert len(states) > 50 and flags.any() and (~flags).any()
+    np.testing.assert_array_equal(flags, states[:, 0] > 1.0)
+    assert np.abs(states[:, 0] - 1.0).max() < 0.05 * 1.2 * 6  # within a few noise sds
+
+    class Cut:  # flags x > 1.02: misses the unacceptable states in (1, 1.02]
+        threshold = 0.5
+
+        @staticmethod
+        def evaluate(s, y):
+            flagged = s[:, 0] > 1.02
+            fn = int((~flagged & y).sum())
+            return {"false_negative_rate": fn / int(y.sum())}
+
+    rate = exp.near_false_negative_rate(Cut, states, flags)
+    inside = states[flags, 0]
+    assert rate == pytest.approx(float((inside <= 1.02).mean()))
+    assert 0.0 < rate < 1.0
+    Cut.threshold = None  # not calibrated: no rate, not a made-up number
+    assert math.isnan(exp.near_false_negative_rate(Cut, states, flags))
