@@ -95,8 +95,8 @@ def near_false_negative_rate(classifier, states: np.ndarray, flags: np.ndarray) 
 def score_runs(records: list[sw.RunRecord], k: int) -> list[dict]:
     """One record per run: the gap after the freeze and the near-boundary miss rate."""
     from mbrm.replay import ReplayBuffer
-    from mbrm.rundir import REPLAY
     from mbrm.run import FinishedRun
+    from mbrm.rundir import REPLAY
 
     replays = {r.run_dir: ReplayBuffer.load(r.run_dir / REPLAY).arrays()[2] for r in records}
     cache: dict[Path, np.ndarray] = {}
