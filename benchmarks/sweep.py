@@ -182,7 +182,20 @@ _RUN_ONLY_KEYS = ("progress", "resume", "device")
 _RUN_ONLY_GROUP_KEYS = (("experiment", "eval_workers"),)
 # Settings added after runs were saved, with the value that computes what those runs did:
 # a saved config without the key matches a composed one at that value.
-_ADDED_KEYS = {"reward_model.lapse": 0.0}
+_ADDED_KEYS = {
+    "reward_model.lapse": 0.0,
+    "experiment.plan_review": {
+        "when": [],
+        "every": 25,
+        "reward_std_above": 1.0,
+        "risk_above": 0.25,
+        "plans": 3,
+        "near": 0.25,
+        "on_reject": "replan",
+        "max_per_episode": 5,
+        "mistake": 0.0,
+    },
+}
 
 
 def config_changes(composed: Any, saved_path: Path) -> list[str]:

@@ -65,6 +65,13 @@ class Agent:
         self._previous = None
         self._age = 0
 
+    def adopt(self, plan: torch.Tensor) -> None:
+        """Go on from ``plan`` [H, A], chosen this step in place of the planner's own (a
+        reviewer signed it off, :mod:`mbrm.plan_review`): it is followed or warm-starts
+        the next search exactly as the planner's plan would have been."""
+        self._previous = plan.to(self.planner.device)
+        self._age = 1
+
     def _follow(self, state: torch.Tensor) -> PlanResult | None:
         """The rest of the plan being followed, re-imagined from the real ``state``.
 
@@ -133,12 +140,18 @@ class Agent:
             action = np.asarray(self.safe_action, dtype=np.float64)
             used_safe = True
         info = ActInfo(result, 0.0, bool(result.no_safe_plan), used_safe, replanned=replanned)
-        if self.qp_filter is not None:
-            planned = torch.as_tensor(action, dtype=torch.float32, device="cpu")
-            filtered = self.qp_filter(s, planned)
-            info.filter_status, info.filter_changed = filtered.status, bool(filtered.changed)
-            action = np.asarray(filtered.action, dtype=np.float64)
-        if not np.isfinite(action).all():
-            raise FloatingPointError(f"the agent produced a non-finite action {action}")
+        action = self.filtered(s, action, info)
         info.seconds = time.perf_counter() - t0
         return action, info
+
+    def filtered(self, state: torch.Tensor, action: np.ndarray, info: ActInfo) -> np.ndarray:
+        """``action`` [A] through the QP filter, if there is one (its outcome goes to
+        ``info``), checked finite; ``state`` [S] on the planner's device."""
+        if self.qp_filter is not None:
+            planned = torch.as_tensor(action, dtype=torch.float32, device="cpu")
+            out = self.qp_filter(state, planned)
+            info.filter_status, info.filter_changed = out.status, bool(out.changed)
+            action = np.asarray(out.action, dtype=np.float64)
+        if not np.isfinite(action).all():
+            raise FloatingPointError(f"the agent produced a non-finite action {action}")
+        return action

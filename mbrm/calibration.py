@@ -99,3 +99,33 @@ def fit_and_calibrate(
     fpr = ev["fp"] / max(ev["fp"] + ev["tn"], 1)
     out["classifier_calibration_fpr"] = fpr
     return fpr <= max_false_positive_rate, out
+
+
+def refit_on_labels(
+    classifier: ConstraintClassifier,
+    store: Any,
+    settings: Any,
+    *,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> tuple[bool | None, dict[str, Any]]:
+    """:func:`fit_and_calibrate` on every unacceptable label in ``store`` (a
+    :class:`mbrm.feedback.store.FeedbackStore`), split as ``settings`` (the run's
+    :class:`mbrm.settings.LoopSettings`) say: alpha, calibration fraction, epochs."""
+    states, flags, segments = store.unacceptable_states(with_segments=True)
+    split = calibration_split(
+        states,
+        flags,
+        segments,
+        alpha=settings.alpha,
+        fraction=settings.calibration_fraction,
+        rng=rng,
+    )
+    return fit_and_calibrate(
+        classifier,
+        split,
+        alpha=settings.alpha,
+        epochs=settings.classifier_epochs,
+        max_false_positive_rate=settings.max_false_positive_rate,
+        generator=generator,
+    )

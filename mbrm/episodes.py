@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +21,15 @@ from mbrm.feedback.segments import Segment
 from mbrm.replay import ReplayBuffer
 from mbrm.synthesis import imagined_segment
 from mbrm.tasks import Task
+
+
+class Planning(Protocol):
+    """A planning policy: :class:`mbrm.agent.Agent` or one whose plans are reviewed
+    (:class:`mbrm.plan_review.ReviewedAgent`)."""
+
+    def reset(self) -> None: ...
+
+    def act(self, state: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, Any]: ...
 
 
 class RandomExplorer:
@@ -95,7 +104,7 @@ class Capture:
 
 def run_episode(
     task: Task,
-    policy: Agent | RandomExplorer,
+    policy: Agent | Planning | RandomExplorer,
     *,
     seed: int,
     length: int,
@@ -128,7 +137,7 @@ def run_episode(
     resets = 0
     blocked: dict[str, int] = {}
     no_safe_plan, plan_seconds = 0, []
-    planning = isinstance(policy, Agent)
+    planning = not isinstance(policy, RandomExplorer)
     if planning:
         policy.reset()
     for t in range(length):

@@ -18,10 +18,8 @@ synthetic teachers and by evaluation (metrics), never by the agent.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from constraints.sets import ConstraintSet
 from mbrm.agent import Agent
-from mbrm.calibration import calibration_split, fit_and_calibrate
+from mbrm.calibration import refit_on_labels
 from mbrm.episodes import RandomExplorer, Recorder, run_episode
 from mbrm.evaluation import model_metrics, summarise
 from mbrm.feedback.store import FeedbackStore
 from mbrm.imagination import ModelImagination
+from mbrm.loop_state import loop_payload, restore_loop
 from mbrm.parts import RunParts
+from mbrm.plan_review import ACQUISITION as PLAN_REVIEW
+from mbrm.plan_review import ReviewedAgent, reviewed
 from mbrm.progress import JobClock, StepProgress, job_progress
 from mbrm.replay import ReplayBuffer
 from mbrm.rundir import (
@@ -101,7 +102,18 @@ class Loop:
         cset = self.parts.reference_constraint_set() if reference else self.constraint_set
         return self.parts.agent(cset, self.torch_gen, reference=reference)
 
-    def _episode(self, policy: Agent | None, *, seed: int, progress: StepProgress):
+    def _reviewed(self, agent: Agent) -> Agent | ReviewedAgent:
+        """The acting agent, its plans reviewed where ``experiment.plan_review`` says."""
+        return reviewed(
+            agent,
+            self.settings,
+            self.parts.plan_reviewer,
+            self.store,
+            loop_round=self.iteration,
+            refit=self.refit_classifier,
+        )
+
+    def _episode(self, policy: Agent | ReviewedAgent | None, *, seed: int, progress: StepProgress):
         recorder = Recorder(
             self.replay,
             self.episodes,
@@ -122,6 +134,8 @@ class Loop:
             on_step=progress.step,
             reset_on_unacceptable=self.settings.reset_on_unacceptable,
         )
+        if isinstance(policy, ReviewedAgent):
+            out.update(policy.counts.as_metrics())
         progress.episode_ended(out["steps"], self.length)
         self.episodes += 1
         return out
@@ -163,7 +177,7 @@ class Loop:
             exploring = self.iteration < s.explore_episodes
             # 1. act
             ep = self._episode(
-                None if exploring else self.agent(),
+                None if exploring else self._reviewed(self.agent()),
                 seed=self.seed * 100_003 + self.iteration,
                 progress=bar,
             )
@@ -176,7 +190,10 @@ class Loop:
                 # 3. ask; a run killed after asking but before its checkpoint has this
                 # round's queries stored already: asking again would store them twice
                 t2 = time.perf_counter()
-                if self.store.count_queries(loop_round=self.iteration) == 0:
+                asked = self.store.count_queries(
+                    loop_round=self.iteration, excluding_acquisition=PLAN_REVIEW
+                )  # the episode's plan reviews are not this round's queries
+                if asked == 0:
                     self.solicit(data)
                 # 4. learn what is wanted
                 t3 = time.perf_counter()
@@ -266,28 +283,30 @@ class Loop:
         if self.reward_model is not None and pairs and not frozen:
             self.reward_model.fit(pairs, generator=self.torch_gen, epochs=s.reward_epochs)
         if self.classifier is not None:
-            states, flags, segments = self.store.unacceptable_states(with_segments=True)
-            split = calibration_split(
-                states,
-                flags,
-                segments,
-                alpha=s.alpha,
-                fraction=s.calibration_fraction,
-                rng=np.random.default_rng([self.seed, self.iteration, 1]),
-            )
-            ready, figures = fit_and_calibrate(
-                self.classifier,
-                split,
-                alpha=s.alpha,
-                epochs=s.classifier_epochs,
-                max_false_positive_rate=s.max_false_positive_rate,
-                generator=self.torch_gen,
-            )
-            out.update(figures)
-            if ready is not None:
-                self.classifier_ready = ready
+            out.update(self._fit_classifier())
         self.constraint_set = self._constraint_set()
         return out
+
+    def _fit_classifier(self) -> dict[str, Any]:
+        """Fit and calibrate the classifier on every unacceptable label so far."""
+        ready, figures = refit_on_labels(
+            self.classifier,
+            self.store,
+            self.settings,
+            rng=np.random.default_rng([self.seed, self.iteration, 1]),
+            generator=self.torch_gen,
+        )
+        if ready is not None:
+            self.classifier_ready = ready
+        return figures
+
+    def refit_classifier(self) -> Agent:
+        """After a rejected plan review: the classifier refitted on every label (the
+        review's marks included) and the acting agent on it."""
+        if self.classifier is not None:
+            self._fit_classifier()
+        self.constraint_set = self._constraint_set()
+        return self.agent()
 
     def _labels(self) -> int:
         return sum(self.store.label_counts("kind").values())
@@ -352,47 +371,9 @@ class Loop:
     def save(self) -> None:
         """Replay first, then the checkpoint that says how much of it counts."""
         self.replay.save(self.run_dir / REPLAY)
-        payload = {
-            "world_model": self.world_model.state_dict(),
-            "reward_model": self.reward_model.state_dict() if self.reward_model is not None else {},
-            "classifier": self.classifier.state_dict() if self.classifier is not None else {},
-            "loop": {
-                "replay_size": len(self.replay),
-                "classifier_ready": self.classifier_ready,
-                "iteration": self.iteration,
-                "episodes": self.episodes,
-                "metrics": self.metrics.to_json(),
-                "wall_seconds": self.clock.seconds(),
-            },
-            "rng": {
-                "teachers": json.dumps(self.parts.gatherer.rng_states()),
-                "torch": self.torch_gen.get_state(),
-                "numpy": json.dumps(self.rng.bit_generator.state),
-            },
-            "settings": json.dumps(asdict(self.settings)),
-        }
-        save_run_checkpoint(self.run_dir, payload, self.parts.signature)
+        save_run_checkpoint(self.run_dir, loop_payload(self), self.parts.signature)
 
     def resume(self) -> None:
         """Continue from ``run_dir``'s checkpoint; labels are in the store already."""
-        ckpt = load_run_checkpoint(self.run_dir, self.parts.signature)
-        self.world_model.load_state_dict(ckpt["world_model"])
-        if self.reward_model is not None and ckpt["reward_model"]:
-            self.reward_model.load_state_dict(ckpt["reward_model"])
-        if self.classifier is not None and ckpt["classifier"]:
-            self.classifier.load_state_dict(ckpt["classifier"])
-        self.iteration = int(ckpt["loop"]["iteration"])
-        self.episodes = int(ckpt["loop"]["episodes"])
-        self.classifier_ready = bool(ckpt["loop"]["classifier_ready"])
-        self.clock.earlier = float(ckpt["loop"].get("wall_seconds", 0.0))  # older: none
-        self.metrics = MetricsLog(self.run_dir, json.loads(ckpt["loop"]["metrics"]))
-        self.torch_gen.set_state(ckpt["rng"]["torch"])
-        self.rng.bit_generator.state = json.loads(ckpt["rng"]["numpy"])
-        self.parts.gatherer.set_rng_states(json.loads(ckpt["rng"]["teachers"]))
-        replay = ReplayBuffer.load(self.run_dir / REPLAY)
-        # replay.npz is written just before the checkpoint: a run killed in between
-        # has transitions the checkpoint does not know about yet
-        replay.truncate(int(ckpt["loop"]["replay_size"]))
-        # a resumed run may be extended (more iterations): room for its new episodes
-        self.replay = replay.with_capacity(max(replay.capacity, self.replay.capacity))
+        restore_loop(self, load_run_checkpoint(self.run_dir, self.parts.signature))
         self.constraint_set = self._constraint_set()

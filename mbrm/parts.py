@@ -48,6 +48,7 @@ class RunParts:
     settings: LoopSettings
     episode_length: int
     qp_filter: dict[str, Any] | None = None
+    plan_reviewer: Any | None = None
     progress: bool = True
     signature: dict[str, Any] = field(default_factory=dict)
 

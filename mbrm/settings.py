@@ -16,6 +16,9 @@ from mbrm.solicit import SolicitSettings
 PROPAGATIONS = ("ts1", "tsinf", "expectation")
 DTYPES = ("float32", "bfloat16")
 CONSTRAINT_MODES = ("reject", "penalty")
+# plan review (mbrm.plan_review): the moments a reviewer sees the plans, what a rejection does
+TRIGGERS = ("no_safe_plan", "uncertain", "episode_start", "every")
+ON_REJECT = ("replan", "fallback")
 
 
 def _integer(key: str, value: Any, low: int) -> None:
@@ -39,6 +42,68 @@ def _number(key: str, value: Any, low: float, high: float, *, open_low: bool = F
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"experiment.{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass
+class PlanReviewSettings:
+    """When the agent's plans go to a reviewer, and what follows a rejection.
+
+    when:              moments of review, some of TRIGGERS (empty: never)
+    every:             steps between reviews for ``every``
+    reward_std_above:  ``uncertain``: the chosen plan's mean per-step reward std
+                       (standardised units) above this ...
+    risk_above:        ... or its pessimistic risk (max p_unacceptable) above this
+    plans:             top plans shown at a review
+    near:              an entry is shown as "come close to" when its per-step
+                       probability reaches this somewhere on the plan
+    on_reject:         replan (refit the classifier on the marks, plan again) | fallback
+                       (the agent's no-safe-plan rule: its safe action, else the least
+                       risky of the rejected plans)
+    max_per_episode:   reviews per episode at most
+    mistake:           the synthetic reviewer's chance of a wrong verdict on a plan
+    """
+
+    when: list[str] = field(default_factory=list)
+    every: int = 25
+    reward_std_above: float = 1.0
+    risk_above: float = 0.25
+    plans: int = 3
+    near: float = 0.25
+    on_reject: str = "replan"
+    max_per_episode: int = 5
+    mistake: float = 0.0
+
+    def __post_init__(self) -> None:
+        key = "experiment.plan_review"
+        unknown = [w for w in self.when if w not in TRIGGERS]
+        if unknown:
+            raise ValueError(
+                f"{key}.when has unknown moments {unknown}; expected some of {', '.join(TRIGGERS)}"
+            )
+        for name in ("every", "plans", "max_per_episode"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}.{name} must be an integer >= 1, got {value!r}")
+        for name, high in (
+            ("reward_std_above", math.inf),
+            ("risk_above", 1.0),
+            ("near", 1.0),
+            ("mistake", 1.0),
+        ):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (ok and 0 <= value <= high):
+                bound = ">= 0" if math.isinf(high) else f"in [0, {high:g}]"
+                raise ValueError(f"{key}.{name} must be a number {bound}, got {value!r}")
+        if self.on_reject not in ON_REJECT:
+            raise ValueError(
+                f"{key}.on_reject must be one of {', '.join(ON_REJECT)}; got {self.on_reject!r}"
+            )
+        self.when = list(self.when)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.when)
 
 
 @dataclass
@@ -74,6 +139,7 @@ class LoopSettings:
     # from a fresh start state (the agent is not told; evaluation episodes never reset)
     reset_on_unacceptable: bool = False
     solicit: SolicitSettings = field(default_factory=SolicitSettings)
+    plan_review: PlanReviewSettings = field(default_factory=PlanReviewSettings)
 
     def __post_init__(self) -> None:
         _integer("iterations", self.iterations, 0)
@@ -106,6 +172,8 @@ class LoopSettings:
             )
         if isinstance(self.solicit, dict):  # built from a plain mapping
             self.solicit = SolicitSettings(**self.solicit)
+        if isinstance(self.plan_review, dict):
+            self.plan_review = PlanReviewSettings(**self.plan_review)
         first_fit = self.explore_episodes - 1  # the reward model is first fitted here
         if self.frozen_reward_after is not None:
             _integer("frozen_reward_after", self.frozen_reward_after, 0)

@@ -39,7 +39,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "training",
         (
             "mbrm.loop",
+            "mbrm.loop_state",
             "mbrm.agent",
+            "mbrm.plan_review",
             "mbrm.imagination",
             "mbrm.solicit",
             "mbrm.synthesis",

@@ -167,15 +167,20 @@ class FeedbackStore:
         return [query_from_row(r) for r in self._conn.execute(sql, args)]
 
     def count_queries(
-        self, status: QueryStatus | str | None = None, *, loop_round: int | None = None
+        self,
+        status: QueryStatus | str | None = None,
+        *,
+        loop_round: int | None = None,
+        excluding_acquisition: str | None = None,
     ) -> int:
-        """Number of queries, of one status or all, optionally of one loop round."""
+        """Number of queries: of a status, of a loop round, not of an acquisition."""
         return self._count(
             "queries q",
             {
                 "q.status": None if status is None else QueryStatus(status).value,
                 "q.loop_round": loop_round,
             },
+            {"q.acquisition": excluding_acquisition},
         )
 
     def count_labels(
@@ -190,12 +195,18 @@ class FeedbackStore:
             },
         )
 
-    def _count(self, tables: str, equal: dict[str, Any]) -> int:
-        """COUNT(*) over ``tables`` where each column with a non-None value equals it."""
+    def _count(
+        self, tables: str, equal: dict[str, Any], unequal: dict[str, Any] | None = None
+    ) -> int:
+        """COUNT(*) over ``tables``: columns with a non-None value equal it in ``equal``,
+        differ from it in ``unequal`` (NULL differs)."""
         used = {col: v for col, v in equal.items() if v is not None}
-        where = " AND ".join(f"{col} = ?" for col in used) or "1=1"
+        differ = {col: v for col, v in (unequal or {}).items() if v is not None}
+        terms = [f"{col} = ?" for col in used]
+        terms += [f"({col} IS NULL OR {col} != ?)" for col in differ]
+        where = " AND ".join(terms) or "1=1"
         row = self._conn.execute(
-            f"SELECT COUNT(*) FROM {tables} WHERE {where}", list(used.values())
+            f"SELECT COUNT(*) FROM {tables} WHERE {where}", [*used.values(), *differ.values()]
         )
         return int(row.fetchone()[0])
 

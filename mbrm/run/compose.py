@@ -171,6 +171,21 @@ def build_gatherer(task: Any, settings: RunConfig) -> Any:
     )
 
 
+def build_plan_reviewer(task: Any, settings: RunConfig) -> Any | None:
+    """The synthetic plan reviewer when ``experiment.plan_review.when`` names a moment."""
+    from mbrm.plan_review import SyntheticPlanReviewer
+
+    review = settings.experiment.plan_review
+    if not review.enabled:
+        return None
+    if settings.feedback.kind == "human":
+        raise ConfigValueError(
+            "experiment.plan_review: plans are reviewed by the synthetic reviewer only; "
+            "with feedback=human leave experiment.plan_review.when empty"
+        )
+    return SyntheticPlanReviewer(task, mistake=review.mistake, seed=settings.seed + 2)
+
+
 def check_run(settings: RunConfig) -> tuple[Any, Any, Any]:
     """The checks a run needs beyond its settings' own: the task exists, every constraint
     entry parses, the learned entries agree with the planner. Returns the task, the
@@ -217,6 +232,7 @@ def build_parts(settings: RunConfig) -> Any:
         classifier=build_classifier(task, settings, spec, device),
         hidden_rule=settings.constraints.kind == "hidden_rule",
         gatherer=build_gatherer(task, settings),
+        plan_reviewer=build_plan_reviewer(task, settings),
         settings=experiment,
         episode_length=settings.task.episode_length or task.episode_length,
         qp_filter=dataclasses.asdict(settings.qp_filter.options)
