@@ -244,3 +244,15 @@ def test_plan_review_inside_a_run_stores_its_labels_and_repeats_with_the_seed(tm
     acting = [r for r in rows if r["phase"] == "act"]
     assert reviews == sum(int(r["plan_review_labels"]) for r in acting) > 0
     assert all(1 <= int(r["plan_reviews"]) <= 5 for r in acting)
+
+
+def test_a_person_is_not_asked_to_review_plans_yet_and_says_so_in_one_line():
+    from mbrm.run import ConfigValueError, build_parts, compose_config, run_settings
+
+    cfg = compose_config(["feedback=human", "experiment.plan_review.when=[every]"])
+    with pytest.raises(ConfigValueError, match="synthetic reviewer only") as err:
+        build_parts(run_settings(cfg))
+    assert "\n" not in str(err.value)
+    cfg = compose_config(["experiment.plan_review.when=[sometimes]"])
+    with pytest.raises(ValueError, match="unknown moments"):  # the CLI prints it in one line
+        run_settings(cfg)

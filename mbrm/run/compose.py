@@ -178,11 +178,6 @@ def build_plan_reviewer(task: Any, settings: RunConfig) -> Any | None:
     review = settings.experiment.plan_review
     if not review.enabled:
         return None
-    if settings.feedback.kind == "human":
-        raise ConfigValueError(
-            "experiment.plan_review: plans are reviewed by the synthetic reviewer only; "
-            "with feedback=human leave experiment.plan_review.when empty"
-        )
     return SyntheticPlanReviewer(task, mistake=review.mistake, seed=settings.seed + 2)
 
 
@@ -198,6 +193,11 @@ def check_run(settings: RunConfig) -> tuple[Any, Any, Any]:
     alpha = spec.learned_alpha()
     if alpha is not None:  # the constraint's own alpha calibrates its classifier
         experiment = dataclasses.replace(experiment, alpha=float(alpha))
+    if experiment.plan_review.enabled and settings.feedback.kind == "human":
+        raise ConfigValueError(
+            "experiment.plan_review: plans are reviewed by the synthetic reviewer only; "
+            "with feedback=human leave experiment.plan_review.when empty"
+        )
     if spec.learned and settings.planner.reject_above != 0.5:
         raise ConfigValueError(
             f"planner.reject_above={settings.planner.reject_above}: with a learned constraint "
