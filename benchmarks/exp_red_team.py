@@ -121,6 +121,9 @@ def score_runs(records: list[sw.RunRecord], k: int) -> list[dict]:
                     run.classifier(), states, flags
                 ),
                 "near_boundary_unacceptable_states": int(flags.sum()),
+                # unacceptable states among the labels at the end (the classifier's positives)
+                "classifier_positives": float(r.column("classifier_positives")[-1]),
+                "classifier_calibrated": run.classifier().threshold is not None,
                 "normalised_score": r.summary["normalised_score"],
                 "eval_return": r.summary["eval_return"],
                 "eval_unacceptable_steps": r.summary.get("eval_unacceptable_steps"),
@@ -152,6 +155,7 @@ def table(rows: list[dict]) -> str:
                 sw.mean_sd(col("near_boundary_false_negative_rate")),
                 sw.per_seed(col("near_boundary_false_negative_rate")),
                 sw.mean_sd(col("near_boundary_unacceptable_states"), ".0f"),
+                sw.per_seed(col("classifier_positives"), ".0f"),
                 sw.mean_sd(col("normalised_score")),
                 sw.mean_sd(col("train_unacceptable_steps"), ".1f"),
                 sw.mean_sd(col("preference_labels"), ".0f")
@@ -167,6 +171,7 @@ def table(rows: list[dict]) -> str:
         "classifier false-negative rate near the boundary",
         "per seed",
         "near-boundary unacceptable states",
+        "labelled unacceptable states, per seed",
         "normalised score",
         "unacceptable steps, training",
         "labels: preference / unacceptable",
