@@ -137,14 +137,11 @@ def score_runs(records: list[sw.RunRecord], k: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    arms: dict[str, list[dict]] = {}
-    for row in rows:
-        arms.setdefault(row["arm"], []).append(row)
     body = []
-    for arm, rs in arms.items():
+    for arm, rs in sw.by_arm(rows).items():
 
         def col(key: str, rs: list[dict] = rs) -> list[float]:
-            return [np.nan if x[key] is None else float(x[key]) for x in rs]
+            return sw.values(rs, key)
 
         body.append(
             [

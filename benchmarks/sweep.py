@@ -678,6 +678,19 @@ def by_variant(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+def by_arm(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """JSON run records grouped by their ``arm``, in the order the arms first appear."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["arm"], []).append(row)
+    return out
+
+
+def values(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """One key of JSON run records as floats, NaN where a record has None."""
+    return [math.nan if row[key] is None else float(row[key]) for row in rows]
+
+
 def mean_curve(curves: Sequence[np.ndarray]) -> np.ndarray:
     """Element-wise mean of per-seed curves, over the length they all have."""
     n = min(len(c) for c in curves)
