@@ -327,3 +327,35 @@ def test_red_team_scores_misses_on_held_out_states_at_the_boundary():
     assert 0.0 < rate < 1.0
     Cut.threshold = None  # not calibrated: no rate, not a made-up number
     assert math.isnan(exp.near_false_negative_rate(Cut, states, flags))
+
+
+def test_label_budgets_scale_the_demos_queries_and_random_queries_replace_acquisition():
+    from types import SimpleNamespace
+
+    exp = _load_benchmark("exp_labels")
+    assert exp.apportion({"a": 24, "b": 6, "c": 5, "d": 5}, 10) == {"a": 6, "b": 2, "c": 1, "d": 1}
+    assert sum(exp.apportion({"a": 1, "b": 1, "c": 1}, 7).values()) == 7
+    demo = SimpleNamespace(
+        preferences={"disagreement": 24, "novelty": 6, "min_reward": 5, "max_reward": 5},
+        unacceptable=12,
+        synthesised=6,
+    )
+    same = exp.scaled_overrides("acquisition", 1792, demo, 1792.0)  # the demo itself
+    assert same == [
+        "experiment.solicit.label_budget=1792",
+        "experiment.solicit.preferences={disagreement: 24, novelty: 6, min_reward: 5, max_reward: 5}",
+        "experiment.solicit.unacceptable=12",
+        "experiment.solicit.synthesised=6",
+    ]
+    small = exp.scaled_overrides("acquisition", 448, demo, 1792.0)  # a quarter
+    assert (
+        "experiment.solicit.preferences={disagreement: 6, novelty: 2, min_reward: 1, max_reward: 1}"
+        in small
+    )
+    rand = exp.scaled_overrides("random", 448, demo, 1792.0)
+    assert "+experiment.solicit.preferences.random=10" in rand
+    assert (
+        "experiment.solicit.synthesised=0" in rand and "experiment.solicit.unacceptable=0" in rand
+    )
+    with pytest.raises(ValueError, match="unknown arm"):
+        exp.scaled_overrides("greedy", 100, demo, 1792.0)
