@@ -27,7 +27,6 @@ demo and oracle-mode runs: ~2 h at ``--jobs 2``.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -229,17 +228,12 @@ def main() -> None:
     rows = run_records(sweep.run(vs))
     out = sw.output_dir(sweep.root, sweep.smoke)
     command = shlex.join(["python", f"benchmarks/{STEM}.py", *sys.argv[1:]])
-    (out / f"{STEM}.json").write_text(
-        json.dumps(
-            {
-                "what": "Label efficiency: score against oracle mode by labels used, per arm",
-                "command": command,
-                "cpu": sw.cpu_name(),
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    sw.write_records(
+        out,
+        STEM,
+        "Label efficiency: score against oracle mode by labels used, per arm",
+        command,
+        rows,
     )
     sw.publish(
         out,

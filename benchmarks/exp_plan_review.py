@@ -23,7 +23,6 @@ Budget (2-core CPU): the demo's schedule (4 random + 20 acting episodes of 50 st
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -142,17 +141,8 @@ def main() -> None:
     rows = run_records(sweep.run(vs))
     out = sw.output_dir(sweep.root, sweep.smoke)
     command = shlex.join(["python", f"benchmarks/{STEM}.py", *sys.argv[1:]])
-    (out / f"{STEM}.json").write_text(
-        json.dumps(
-            {
-                "what": "The demo with and without plan review, per arm and seed",
-                "command": command,
-                "cpu": sw.cpu_name(),
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    sw.write_records(
+        out, STEM, "The demo with and without plan review, per arm and seed", command, rows
     )
     sw.publish(
         out,

@@ -31,7 +31,6 @@ experiment 4's frozen arm, reused when that has run.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -209,18 +208,13 @@ def main() -> None:
         rows += score_runs(sweep.run(task_vs), k)
     out = sw.output_dir(sweep.root, sweep.smoke)
     command = shlex.join(["python", f"benchmarks/{STEM}.py", *sys.argv[1:]])
-    (out / f"{STEM}.json").write_text(
-        json.dumps(
-            {
-                "what": "The red team (reward_hacking, near_miss) against without, frozen reward model",
-                "command": command,
-                "cpu": sw.cpu_name(),
-                "near_scale": NEAR_SCALE,
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    sw.write_records(
+        out,
+        STEM,
+        "The red team (reward_hacking, near_miss) against without, frozen reward model",
+        command,
+        rows,
+        near_scale=NEAR_SCALE,
     )
     sw.publish(
         out,

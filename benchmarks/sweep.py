@@ -678,6 +678,15 @@ def by_variant(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+def write_records(out: Path, stem: str, what: str, command: str, rows: Any, **extra: Any) -> Path:
+    """``out/<stem>.json``: what the experiment measured, the command, the CPU and its
+    run records (plus ``extra`` keys), beside the markdown table."""
+    path = out / f"{stem}.json"
+    payload = {"what": what, "command": command, "cpu": cpu_name(), **extra, "runs": rows}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
 def by_arm(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """JSON run records grouped by their ``arm``, in the order the arms first appear."""
     out: dict[str, list[dict[str, Any]]] = {}
