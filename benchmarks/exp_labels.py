@@ -146,11 +146,10 @@ def run_records(records: list[sw.RunRecord]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["variant"], []).append(row)
     body = []
-    for name, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["arm"], kv[1][0]["labels"])):
+    for name, rs in sorted(
+        sw.by_arm(rows, "variant").items(), key=lambda kv: (kv[1][0]["arm"], kv[1][0]["labels"])
+    ):
         body.append(
             [
                 name,
@@ -179,12 +178,9 @@ def figure(rows: list[dict]):
         rs = [r for r in rows if r["arm"] == arm]
         x, y = sw.values(rs, "labels"), sw.values(rs, "score_against_oracle_mode")
         ax.scatter(x, y, color=f"C{i}", alpha=0.5, s=15)
-        by_variant: dict[str, list[dict]] = {}
-        for r in rs:
-            by_variant.setdefault(r["variant"], []).append(r)
         pts = sorted(
             (np.mean(sw.values(v, "labels")), np.nanmean(sw.values(v, "score_against_oracle_mode")))
-            for v in by_variant.values()
+            for v in sw.by_arm(rs, "variant").values()
         )
         if pts:
             ax.plot(*zip(*pts, strict=True), "-o", color=f"C{i}", label=arm)

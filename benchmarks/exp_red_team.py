@@ -103,6 +103,7 @@ def score_runs(records: list[sw.RunRecord], k: int) -> list[dict]:
     for r in records:
         pool = np.concatenate([replays[o.run_dir] for o in records if o.seed != r.seed])
         run = FinishedRun(r.run_dir)
+        classifier = run.classifier()
         # the same held-out states for both arms of a seed
         states, flags = near_boundary_states(run.task, pool, np.random.default_rng(r.seed))
         t, p = after_freeze(r, k, cache)
@@ -117,12 +118,12 @@ def score_runs(records: list[sw.RunRecord], k: int) -> list[dict]:
                 "frozen_after": k,
                 "spearman_after_freeze": rho,
                 "near_boundary_false_negative_rate": near_false_negative_rate(
-                    run.classifier(), states, flags
+                    classifier, states, flags
                 ),
                 "near_boundary_unacceptable_states": int(flags.sum()),
                 # unacceptable states among the labels at the end (the classifier's positives)
                 "classifier_positives": float(r.column("classifier_positives")[-1]),
-                "classifier_calibrated": run.classifier().threshold is not None,
+                "classifier_calibrated": classifier.threshold is not None,
                 "normalised_score": r.summary["normalised_score"],
                 "eval_return": r.summary["eval_return"],
                 "eval_unacceptable_steps": r.summary.get("eval_unacceptable_steps"),

@@ -687,11 +687,11 @@ def write_records(out: Path, stem: str, what: str, command: str, rows: Any, **ex
     return path
 
 
-def by_arm(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """JSON run records grouped by their ``arm``, in the order the arms first appear."""
+def by_arm(rows: Sequence[dict[str, Any]], key: str = "arm") -> dict[str, list[dict[str, Any]]]:
+    """JSON run records grouped by ``key`` (their arm), in the order the groups first appear."""
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        out.setdefault(row["arm"], []).append(row)
+        out.setdefault(row[key], []).append(row)
     return out
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from constraints.sets import ConstraintSet
-from mbrm.agent import Agent
 from mbrm.feedback.segments import Segment
 from mbrm.replay import ReplayBuffer
 from mbrm.synthesis import imagined_segment
@@ -104,7 +103,7 @@ class Capture:
 
 def run_episode(
     task: Task,
-    policy: Agent | Planning | RandomExplorer,
+    policy: Planning | RandomExplorer,
     *,
     seed: int,
     length: int,

@@ -74,31 +74,18 @@ class PlanReviewSettings:
     mistake: float = 0.0
 
     def __post_init__(self) -> None:
-        key = "experiment.plan_review"
         unknown = [w for w in self.when if w not in TRIGGERS]
         if unknown:
             raise ValueError(
-                f"{key}.when has unknown moments {unknown}; expected some of {', '.join(TRIGGERS)}"
+                f"experiment.plan_review.when has unknown moments {unknown}; expected some of "
+                f"{', '.join(TRIGGERS)}"
             )
         for name in ("every", "plans", "max_per_episode"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}.{name} must be an integer >= 1, got {value!r}")
-        for name, high in (
-            ("reward_std_above", math.inf),
-            ("risk_above", 1.0),
-            ("near", 1.0),
-            ("mistake", 1.0),
-        ):
-            value = getattr(self, name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (ok and 0 <= value <= high):
-                bound = ">= 0" if math.isinf(high) else f"in [0, {high:g}]"
-                raise ValueError(f"{key}.{name} must be a number {bound}, got {value!r}")
-        if self.on_reject not in ON_REJECT:
-            raise ValueError(
-                f"{key}.on_reject must be one of {', '.join(ON_REJECT)}; got {self.on_reject!r}"
-            )
+            _integer(f"plan_review.{name}", getattr(self, name), 1)
+        _number("plan_review.reward_std_above", self.reward_std_above, 0.0, math.inf)
+        for name in ("risk_above", "near", "mistake"):
+            _number(f"plan_review.{name}", getattr(self, name), 0.0, 1.0)
+        _choice("plan_review.on_reject", self.on_reject, ON_REJECT)
         self.when = list(self.when)
 
     @property

@@ -188,11 +188,8 @@ def synthesise(
         raise ValueError("the near_miss objective needs one anchor plan per start state")
     wm = imagination.world_model
     scale = wm.target_norm.std.clamp(min=1e-6)
-    out = []
-    for i, s0 in enumerate(starts):
-        anchor = None
-        if anchors is not None:
-            anchor = torch.as_tensor(anchors[i], dtype=torch.float32, device=planner.device)
+
+    def imagination_for(anchor: torch.Tensor | None) -> ModelImagination:
         acquisition = acquisition_function(
             objective,
             reward_model=reward_model,
@@ -204,7 +201,7 @@ def synthesise(
             anchor=anchor,
             near_miss_weight=near_miss_weight,
         )
-        synth = ModelImagination(
+        return ModelImagination(
             wm,
             acquisition,
             None,
@@ -213,6 +210,15 @@ def synthesise(
             "tsinf",
             imagination.dtype,
         )
+
+    # one imagination for every start, but one per anchor plan for near_miss
+    shared = imagination_for(None) if anchors is None else None
+    out = []
+    for i, s0 in enumerate(starts):
+        synth = shared
+        if synth is None:
+            anchor = torch.as_tensor(anchors[i], dtype=torch.float32, device=planner.device)
+            synth = imagination_for(anchor)
         with torch.no_grad():
             res = planner.plan(as_tensor_state(s0, planner.device), synth, generator=generator)
         seg = imagined_segment(res.top_states, res.top_actions, length)
